@@ -1,0 +1,83 @@
+"""Speed benchmarks (commands that print figures, never tests).
+
+``loop_benchmark``: images per second of the harness's training loop (``fine_tune``) against
+a bare PyTorch loop doing the same work (same model, batch, image size, optimiser, schedule,
+clipping, penalty), measured alternately so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.regularizers import L2SP, Regularizer
+from bench.task import Task
+from bench.train import TrainConfig, batch_stream, fine_tune
+
+CASES = (("efficientnet-lite0", 32), ("efficientnet-lite0", 64), ("small-cnn", 28))
+
+
+def _bare_loop(net, regularizer, x, y, config: TrainConfig) -> None:
+    """The reference: the same training written plainly, as a user would."""
+    model = net.model
+    model.train()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
+    centres = [(p, net.mu0[n]) for n, p in net.backbone_parameters()]
+    heads = [p for _, p in net.head_parameters()]
+    g = torch.Generator().manual_seed(config.seed)
+    batches = batch_stream(len(x), config.batch_size, g)
+    for _ in range(config.steps):
+        idx = next(batches)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if isinstance(regularizer, L2SP):
+            loss = loss + 0.5 * regularizer.alpha * sum(((p - m) ** 2).sum() for p, m in centres)
+            loss = loss + 0.5 * regularizer.beta * sum((p ** 2).sum() for p in heads)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+
+def _harness_loop(net, regularizer, x, y, config: TrainConfig) -> None:
+    fine_tune(net, regularizer, (x, y), config)
+
+
+def _time(loop, data, regularizer, config) -> float:
+    net = data.network()
+    x, y = data.train
+    loop(net, regularizer, x, y, TrainConfig(lr=config.lr, steps=3, batch_size=config.batch_size))
+    started = time.perf_counter()
+    loop(net, regularizer, x, y, config)
+    return time.perf_counter() - started
+
+
+def loop_benchmark(steps: int = 30, batch_size: int = 32, repeats: int = 3) -> list[dict]:
+    """Print and return img/s of harness vs bare loop for each (backbone, size, penalty)."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
+          f"{steps} steps, best of {repeats} alternating runs")
+    print(f"{'backbone':20} {'px':>4} {'penalty':8} {'bare img/s':>11} {'harness img/s':>14} "
+          f"{'time ratio':>11}")
+    rows = []
+    for backbone, size in CASES:
+        task = Task("animal-mnist", 256, backbone, image_size=size)
+        data = task.load(seed=0)
+        for regularizer in (Regularizer(), L2SP(alpha=1e-3, beta=1e-3)):
+            config = TrainConfig(lr=0.01, steps=steps, batch_size=batch_size,
+                                 report_every=steps + 1)
+            bare, harness = [], []
+            for _ in range(repeats):
+                bare.append(_time(_bare_loop, data, regularizer, config))
+                harness.append(_time(_harness_loop, data, regularizer, config))
+            images = steps * batch_size
+            row = {"backbone": backbone, "image_size": size, "penalty": regularizer.name,
+                   "bare_img_s": images / min(bare), "harness_img_s": images / min(harness),
+                   "time_ratio": min(harness) / min(bare)}
+            rows.append(row)
+            print(f"{backbone:20} {size:4d} {regularizer.name:8} {row['bare_img_s']:11.1f} "
+                  f"{row['harness_img_s']:14.1f} {row['time_ratio']:11.3f}", flush=True)
+    return rows

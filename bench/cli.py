@@ -1,0 +1,155 @@
+"""The ``bench`` command line. Bad input: one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.errors import BenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise BenchError(f"{self.prog.removeprefix('bench ')}: {message}")
+
+
+def _key_value(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
+def _cmd_list(args) -> int:
+    if args.what == "datasets":
+        from bench.data import DATASETS
+
+        for info in DATASETS.values():
+            where = "offline" if info.offline else "online"
+            print(f"{info.name:15} {where:8} {info.description}  [get: {info.how_to_get}]")
+    elif args.what == "backbones":
+        from bench.backbones import BACKBONES
+
+        for info in BACKBONES.values():
+            print(f"{info.name:20} offline  {info.description}; default {info.default_size}px, "
+                  f"min {info.min_size}px")
+        print(f"{'tv:<arch>':20} online   any torchvision classification model, e.g. tv:resnet50")
+    else:
+        from bench.regularizers import REGULARIZERS
+
+        for cls in REGULARIZERS.values():
+            space = ", ".join(
+                f"{p.name} in [{p.low:g}, {p.high:g}]{' log' if p.log else ''}"
+                f" grid {list(p.grid)}" for p in cls.space) or "no hyperparameters"
+            print(f"{cls.name:12} {cls.description}\n{'':12} {space}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from bench.regularizers import make_regularizer
+    from bench.task import Task
+    from bench.train import TrainConfig, fine_tune
+
+    task = Task(dataset=args.dataset, n=args.n, backbone=args.backbone,
+                regularizer=args.regularizer, image_size=args.image_size, steps=args.steps,
+                batch_size=args.batch_size, test_limit=args.test_limit)
+    regularizer = make_regularizer(args.regularizer, **dict(args.hp))
+    config = TrainConfig(lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                         seed=args.seed, report_every=args.report_every or args.steps)
+    task.check_data()
+    data = task.load(args.seed)
+    net = data.network()
+
+    def progress(report) -> None:
+        test = report.metrics["test"]
+        print(f"step {report.step:5d}  loss {report.train_loss:.4f}  test acc "
+              f"{test['acc']:.4f}  nll {test['nll']:.4f}", file=sys.stderr)
+
+    result = fine_tune(net, regularizer, data.train, config, {"test": data.test}, progress)
+    summary = {
+        "task": task.name, "regularizer": regularizer.name,
+        "hyperparameters": regularizer.hyperparameters(), "lr": args.lr, "seed": args.seed,
+        "steps": result.steps_done, "final_loss": result.final_loss,
+        "test_acc": result.metrics["test"]["acc"], "test_nll": result.metrics["test"]["nll"],
+        "train_s": round(result.train_s, 3), "eval_s": round(result.eval_s, 3),
+        "other_s": round(result.other_s, 3), "wall_s": round(result.wall_s, 3),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:16} {value}")
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from bench.backbones import pretrain_small_cnn
+
+    print(pretrain_small_cnn(force=args.force))
+    return 0
+
+
+def _cmd_benchmark(args) -> int:
+    from bench.benchmarks import loop_benchmark
+
+    loop_benchmark(steps=args.steps, batch_size=args.batch_size, repeats=args.repeats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description=__doc__.split("\n")[0].replace("``", ""))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list data sets, backbones or regularizers")
+    p.add_argument("what", choices=["datasets", "backbones", "regularizers"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="one fine-tuning run; prints the final test metrics")
+    p.add_argument("--dataset", default="animal-mnist", help="data set (bench list datasets)")
+    p.add_argument("--n", type=int, default=100, help="training examples (stratified)")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="bench list backbones")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in pixels (default: the backbone's)")
+    p.add_argument("--regularizer", default="l2sp", help="bench list regularizers")
+    p.add_argument("--hp", type=_key_value, action="append", default=[], metavar="NAME=VALUE",
+                   help="a regularizer hyperparameter, e.g. --hp alpha=1e-3 (repeatable)")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps (cosine decay)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="subsample, head init, batch order")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="evaluate on a fixed stratified subset of the test set")
+    p.add_argument("--report-every", type=int, default=None,
+                   help="evaluate on the test set every so many steps (default: at the end)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain small-cnn on Fashion-MNIST (cached by recipe)")
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("benchmark", help="throughput of the training loop vs a bare PyTorch loop")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="alternating measurements; best kept")
+    p.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except BenchError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A fine-tunable network: the model, which parameters are backbone and which head, mu0."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(eq=False)
+class Network:
+    """A pretrained model with a fresh head.
+
+    ``head`` names the module of the new final layer; every other parameter is backbone.
+    ``stage_of`` maps a backbone parameter name to its depth stage (0 = nearest the input),
+    used by depth-dependent regularizers. ``mu0`` holds the pretrained backbone values.
+    """
+
+    model: nn.Module
+    head: str
+    stage_of: dict[str, int]
+    mu0: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.mu0:
+            self.mu0 = {n: p.detach().clone() for n, p in self.backbone_parameters()}
+
+    def is_head(self, name: str) -> bool:
+        return name == self.head or name.startswith(self.head + ".")
+
+    def backbone_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if not self.is_head(n)]
+
+    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if self.is_head(n)]
+
+    @property
+    def num_backbone(self) -> int:
+        return sum(p.numel() for _, p in self.backbone_parameters())
+
+    @property
+    def num_head(self) -> int:
+        return sum(p.numel() for _, p in self.head_parameters())
+
+    @functools.cached_property
+    def layer_weights(self) -> tuple[str, ...]:
+        """Names of the weight tensors of every convolution and linear layer."""
+        kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return tuple(f"{m}.weight" if m else "weight"
+                     for m, mod in self.model.named_modules() if isinstance(mod, kinds))
+
+    def mu0_vector(self) -> torch.Tensor:
+        """The pretrained backbone weights as one flat vector, in parameter order."""
+        return torch.cat([self.mu0[n].flatten() for n, _ in self.backbone_parameters()])
+
+
+def stages_by_top_level_module(model: nn.Module, head: str) -> dict[str, int]:
+    """Stage = index of the parameter's top-level child module (a generic depth order)."""
+    order: dict[str, int] = {}
+    stage_of = {}
+    for name, _ in model.named_parameters():
+        top = name.split(".")[0]
+        if top != head:
+            stage_of[name] = order.setdefault(top, len(order))
+    return stage_of

@@ -1,0 +1,73 @@
+"""The record schema: every column and file name of a suite run, in one place.
+
+One row of ``trials.parquet`` is one training run:
+- ``kind == SEARCH``: a search method's trial, trained on the train split, scored on the
+  validation split (val_*); ``test_*`` empty.
+- ``kind == RETRAIN``: a search incumbent retrained on all N and scored on the test set;
+  ``retrain_of`` names the search trial whose configuration it retrains.
+- ``kind == LEARNED``: a learned-hyperparameter method's run on all N, scored on the test
+  set, with its own selection ``objective`` (lower is better).
+Compute is charged in ``resource_s`` (wall seconds x resources held).
+"""
+
+from __future__ import annotations
+
+# files of a run directory
+TRIALS_FILE = "trials.parquet"
+REPORTS_FILE = "reports.parquet"
+METADATA_FILE = "metadata.json"
+SUITE_FILE = "suite.toml"
+PLOT_STEM = "tradeoff"
+REPORT_FILE = "report.md"
+
+# kinds of run
+SEARCH, RETRAIN, LEARNED = "search", "retrain", "learned"
+# statuses
+OK, FAILED, OVER_BUDGET, PRUNED = "ok", "failed", "over_budget", "pruned"
+
+# trials.parquet columns
+SUITE = "suite"
+TASK = "task"
+METHOD = "method"
+SEED = "seed"
+TRIAL_ID = "trial_id"
+KIND = "kind"
+STATUS = "status"
+CONFIG = "config"  # JSON of the hyperparameters
+RETRAIN_OF = "retrain_of"
+VAL_NLL = "val_nll"
+VAL_ACC = "val_acc"
+TEST_ACC = "test_acc"
+TEST_NLL = "test_nll"
+OBJECTIVE = "objective"
+STEPS_DONE = "steps_done"
+STARTED_S = "started_s"  # seconds since the suite started
+ENDED_S = "ended_s"
+WALL_S = "wall_s"
+RESOURCE_S = "resource_s"  # wall_s x (cpus + gpus) held by the trial
+CPU_S = "cpu_s"
+GPU_S = "gpu_s"
+TRAIN_S = "train_s"
+EVAL_S = "eval_s"
+OVERHEAD_S = "overhead_s"
+NODE = "node"
+ERROR = "error"
+INFO = "info"  # JSON of method-specific outputs (learned lambda, winning lr, ...)
+
+TRIAL_COLUMNS = (
+    SUITE, TASK, METHOD, SEED, TRIAL_ID, KIND, STATUS, CONFIG, RETRAIN_OF,
+    VAL_NLL, VAL_ACC, TEST_ACC, TEST_NLL, OBJECTIVE, STEPS_DONE,
+    STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S, OVERHEAD_S,
+    NODE, ERROR, INFO,
+)
+
+# reports.parquet columns (one row per evaluation during training)
+STEP = "step"
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+REPORT_COLUMNS = (SUITE, TASK, METHOD, SEED, TRIAL_ID, STEP, EPOCH, TRAIN_LOSS, VAL_NLL,
+                  VAL_ACC, TRAIN_S, EVAL_S)
+
+# curve table columns (bench.curves)
+COMPUTE_S = "compute_s"
+K = "k"

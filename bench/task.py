@@ -1,0 +1,96 @@
+"""A task: which data, how many examples, which backbone, image size, regularizer family
+and training length. ``Task.load(seed)`` prepares the tensors a trial trains on."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import torch
+
+from bench.backbones import backbone_info, build_backbone
+from bench.data import dataset_info, load_dataset, prepare_images, stratified_indices, stratified_split
+from bench.errors import BenchError
+from bench.network import Network
+from bench.regularizers import regularizer_class
+from bench.train import Split
+
+VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fine-tuning problem. ``test_limit`` caps the fixed test set (stratified, fixed)
+    to keep evaluation cheap on CPUs; None uses all of it."""
+
+    dataset: str
+    n: int
+    backbone: str
+    regularizer: str = "l2sp"
+    image_size: int | None = None
+    steps: int = 100
+    batch_size: int = 32
+    test_limit: int | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        dataset_info(self.dataset)
+        info = backbone_info(self.backbone)
+        regularizer_class(self.regularizer)
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", info.default_size)
+        info.check_image_size(self.image_size)
+        if self.n < 2:
+            raise BenchError(f"task N must be >= 2, got {self.n}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise BenchError(f"task steps and batch_size must be >= 1, got {self.steps}, "
+                             f"{self.batch_size}")
+        if self.test_limit is not None and self.test_limit < 1:
+            raise BenchError(f"test_limit must be >= 1, got {self.test_limit}")
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}")
+
+    def check_data(self) -> None:
+        """Load the data set (slow) and check N fits its training pool."""
+        pool = len(load_dataset(self.dataset).train_y)
+        if self.n > pool:
+            raise BenchError(f"task {self.name}: N={self.n} exceeds the {pool} training "
+                             f"examples of {self.dataset}")
+
+    def load(self, seed: int) -> TaskData:
+        data = load_dataset(self.dataset)
+        info = backbone_info(self.backbone)
+
+        def prep(x: torch.Tensor) -> torch.Tensor:
+            return prepare_images(x, self.image_size, info.channels, info.mean, info.std)
+
+        idx = stratified_indices(data.train_y, self.n, seed)
+        test_x, test_y = data.test_x, data.test_y
+        if self.test_limit is not None and self.test_limit < len(test_y):
+            keep = stratified_indices(test_y, self.test_limit, 0)
+            test_x, test_y = test_x[keep], test_y[keep]
+        return TaskData(self, seed, (prep(data.train_x[idx]), data.train_y[idx]),
+                        (prep(test_x), test_y), data.num_classes)
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """A task's prepared tensors for one seed: all N training examples and the test set."""
+
+    task: Task
+    seed: int
+    train: Split
+    test: Split
+    num_classes: int
+
+    def split(self, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split]:
+        """The stratified train/validation split of the N examples for this seed."""
+        x, y = self.train
+        tr, va = stratified_split(y, val_fraction, self.seed)
+        return (x[tr], y[tr]), (x[va], y[va])
+
+    def network(self) -> Network:
+        """A fresh pretrained backbone with a new head, initialised from the seed."""
+        with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
+            return build_backbone(self.task.backbone, self.num_classes, self.seed)
