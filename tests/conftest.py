@@ -1,0 +1,17 @@
+import pytest
+import torch
+from torch import nn
+
+from bench.network import Network
+
+
+@pytest.fixture
+def tiny_net() -> Network:
+    """Two linear layers: backbone ``0`` (stage 0) and head ``1``, with mu0 offset from 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net = Network(model, head="1", stage_of={"0.weight": 0, "0.bias": 0})
+    with torch.no_grad():  # move away from the pretrained values
+        for _, p in net.backbone_parameters():
+            p.add_(torch.randn_like(p))
+    return net

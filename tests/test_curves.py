@@ -1,0 +1,307 @@
+"""Curves, bootstrap, compute-to-target, plot and report on hand-made records."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import schema as s
+from bench.curves import (
+    aggregate_curves, anytime_curves, compute_to_target, grid_bootstrap, report_markdown,
+)
+from bench.errors import BenchError
+from bench.plots import plot_tradeoff
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published-runs"
+
+
+def _row(**values) -> dict:
+    row = dict.fromkeys(s.TRIAL_COLUMNS, np.nan)
+    row.update({s.SUITE: "test", s.TASK: "t", s.METHOD: "grid", s.SEED: 0, s.STATUS: s.OK})
+    row.update(values)
+    return row
+
+
+def search(tid, resource, val_nll, ended, status=s.OK, **kw) -> dict:
+    return _row(**{s.TRIAL_ID: tid, s.KIND: s.SEARCH, s.RESOURCE_S: resource,
+                   s.VAL_NLL: val_nll, s.ENDED_S: ended, s.STATUS: status}, **kw)
+
+
+def retrain(of, resource, acc, ended=1000.0, status=s.OK, **kw) -> dict:
+    return _row(**{s.TRIAL_ID: f"r{of}", s.KIND: s.RETRAIN, s.RETRAIN_OF: of,
+                   s.RESOURCE_S: resource, s.TEST_ACC: acc, s.TEST_NLL: 1 - acc,
+                   s.ENDED_S: ended, s.STATUS: status}, **kw)
+
+
+def learned(tid, resource, objective, acc, ended, status=s.OK, **kw) -> dict:
+    kw.setdefault(s.METHOD, "learned")
+    return _row(**{s.TRIAL_ID: tid, s.KIND: s.LEARNED, s.RESOURCE_S: resource,
+                   s.OBJECTIVE: objective, s.TEST_ACC: acc, s.TEST_NLL: 1 - acc,
+                   s.ENDED_S: ended, s.STATUS: status}, **kw)
+
+
+def table(*rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=list(s.TRIAL_COLUMNS))
+
+
+def points(curve: pd.DataFrame) -> list[tuple]:
+    return [(int(k), pytest.approx(c), pytest.approx(a))
+            for k, c, a in curve[[s.K, s.COMPUTE_S, s.TEST_ACC]].itertuples(index=False)]
+
+
+def three_trials(**kw) -> list[dict]:
+    """Trials 1, 2, 3 (resource 10, 20, 30; val_nll 2.0, 1.0, 1.5), table order shuffled."""
+    return [search(3, 30, 1.5, ended=3.0, **kw), search(1, 10, 2.0, ended=1.0, **kw),
+            search(2, 20, 1.0, ended=2.0, **kw)]
+
+
+def test_search_incumbent_switches_and_retrain_is_charged():
+    trials = table(*three_trials(), retrain(1, 5, 0.6), retrain(2, 7, 0.8))
+    curve = anytime_curves(trials)
+    assert points(curve) == [(1, 15, 0.6), (2, 37, 0.8), (3, 67, 0.8)]
+    assert curve[s.TRIAL_ID].tolist() == [1, 2, 2]
+    assert curve[s.TEST_NLL].tolist() == pytest.approx([0.4, 0.2, 0.2])
+
+
+def test_failed_pruned_over_budget_cost_compute_but_never_lead():
+    trials = table(
+        search("a", 10, 0.1, ended=1.0, status=s.FAILED),
+        search("b", 20, 1.0, ended=2.0),
+        search("c", 3, 0.5, ended=3.0, status=s.PRUNED),
+        search("d", 4, 0.2, ended=4.0, status=s.OVER_BUDGET),
+        search("e", 1, 0.3, ended=5.0),  # new incumbent whose retrain failed: no point
+        retrain("a", 100, 0.99), retrain("b", 5, 0.7), retrain("e", 2, 0.9, status=s.FAILED))
+    assert points(anytime_curves(trials)) == [(2, 35, 0.7), (3, 38, 0.7), (4, 42, 0.7)]
+
+
+def test_learned_curve_follows_own_objective():
+    trials = table(learned("x", 10, 3.0, 0.5, ended=1.0),
+                   learned("y", 20, 1.0, 0.9, ended=2.0, status=s.FAILED),
+                   learned("z", 30, 2.0, 0.7, ended=3.0),
+                   learned("w", 40, 2.5, 0.95, ended=4.0))
+    curve = anytime_curves(trials)
+    assert points(curve) == [(1, 10, 0.5), (2, 30, 0.5), (3, 60, 0.7), (4, 100, 0.7)]
+    assert curve[s.TRIAL_ID].tolist() == ["x", "x", "z", "z"]
+
+
+def test_curves_are_per_task_method_seed_and_ids_survive_float_roundtrip():
+    trials = table(*three_trials(seed=0), retrain(2.0, 7, 0.8, seed=0),
+                   search(1, 10, 1.0, ended=1.0, seed=1), retrain(1.0, 4, 0.5, seed=1),
+                   search(1, 10, 1.0, ended=1.0, task="u"), retrain(1, 1, 0.3, task="u"))
+    curve = anytime_curves(trials)
+    got = {(t, sd): points(g) for (t, sd), g in curve.groupby([s.TASK, s.SEED])}
+    assert got == {("t", 0): [(2, 37, 0.8), (3, 67, 0.8)], ("t", 1): [(1, 14, 0.5)],
+                   ("u", 0): [(1, 11, 0.3)]}
+
+
+def test_bad_input_raises_bench_error():
+    with pytest.raises(BenchError, match="empty"):
+        anytime_curves(table())
+    with pytest.raises(BenchError, match=s.RESOURCE_S):
+        anytime_curves(table(*three_trials()).drop(columns=[s.RESOURCE_S]))
+    with pytest.raises(BenchError, match="no runs"):
+        grid_bootstrap(table(*three_trials()), method="nope")
+
+
+def curve_rows(method, seed, *pts, task="t") -> list[dict]:
+    return [{s.TASK: task, s.METHOD: method, s.SEED: seed, s.K: k, s.COMPUTE_S: c,
+             s.TEST_ACC: a, s.TEST_NLL: 1 - a, s.TRIAL_ID: k} for k, (c, a) in enumerate(pts, 1)]
+
+
+def test_aggregate_uses_started_seeds_on_log_grid():
+    curves = pd.DataFrame(curve_rows("m", 0, (10, 0.5), (100, 0.7))
+                          + curve_rows("m", 1, (20, 0.6), (1000, 0.8)))
+    agg = aggregate_curves(curves, points=4)
+    assert agg[s.COMPUTE_S].tolist() == pytest.approx([10, 10 ** (5 / 3), 10 ** (7 / 3), 1000])
+    assert agg["mean"].tolist() == pytest.approx([0.5, 0.55, 0.65, 0.75])
+    assert agg["low"].tolist() == pytest.approx([0.5, 0.5, 0.6, 0.7])
+    assert agg["high"].tolist() == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert agg["seeds"].tolist() == [1, 2, 2, 2]
+
+
+def test_aggregate_band_is_percentiles_from_five_seeds():
+    curves = pd.DataFrame(sum((curve_rows("m", i, (10, a)) for i, a in
+                               enumerate([0.1, 0.2, 0.3, 0.4, 0.5])), []))
+    agg = aggregate_curves(curves, points=2)
+    assert agg["mean"].tolist() == pytest.approx([0.3])  # grid collapses to one point
+    assert agg["low"].tolist() == pytest.approx([0.11])  # 2.5th percentile, linear
+    assert agg["high"].tolist() == pytest.approx([0.49])
+
+
+def test_step_value_is_latest_k_when_compute_is_not_monotone():
+    # a new incumbent with a cheaper retrain makes k=2 cheaper than k=1
+    curves = pd.DataFrame(curve_rows("m", 0, (110, 0.5), (25, 0.7), (130, 0.6)))
+    agg = aggregate_curves(curves, points=3)  # grid 25, ~57, 130
+    assert agg["mean"].tolist() == pytest.approx([0.7, 0.7, 0.6])
+
+
+def bootstrap_trials(seed=0) -> list[dict]:
+    return [*three_trials(seed=seed), retrain(1, 5, 0.6, seed=seed),
+            retrain(2, 7, 0.8, seed=seed), retrain(3, 9, 0.7, seed=seed)]
+
+
+def test_grid_bootstrap_full_grid_and_subsets():
+    trials = table(*bootstrap_trials())
+    boot = grid_bootstrap(trials, draws=4000, by_seed=True)
+    assert boot[s.K].tolist() == [1, 2, 3]
+    full = boot.iloc[-1]
+    assert (full[s.COMPUTE_S], full["mean"], full["low"], full["high"]) == (67, 0.8, 0.8, 0.8)
+    assert full[s.COMPUTE_S] == pytest.approx(anytime_curves(trials)[s.COMPUTE_S].iloc[-1])
+    # k=2: {1,2} -> (37, .8), {1,3} -> (49, .7) since trial 3 beats 1, {2,3} -> (57, .8)
+    two = boot.iloc[1]
+    assert two["mean"] == pytest.approx((0.8 + 0.7 + 0.8) / 3, abs=0.005)
+    assert two[s.COMPUTE_S] == pytest.approx((37 + 49 + 57) / 3, abs=1.0)
+    assert (two["low"], two["high"]) == (0.7, 0.8)
+    one = boot.iloc[0]
+    assert one[s.COMPUTE_S] == pytest.approx((15 + 27 + 39) / 3, abs=1.0)
+    assert (one["low"], one["high"]) == (0.6, 0.8)
+    assert boot["complete"].all()
+    pd.testing.assert_frame_equal(boot, grid_bootstrap(trials, draws=4000, by_seed=True))
+
+
+def test_grid_bootstrap_aggregates_seeds_and_flags_missing_retrains():
+    rows = bootstrap_trials(seed=0) + [r for r in bootstrap_trials(seed=1)
+                                       if r[s.RETRAIN_OF] != 2]  # seed 1: trial 2 not retrained
+    boot = grid_bootstrap(table(*rows))
+    seed1 = grid_bootstrap(table(*rows), by_seed=True).query(f"{s.SEED} == 1")
+    assert seed1[s.K].tolist() == [1, 2] and not seed1["complete"].any()
+    # seed 1 full grid over {1, 3}: 10 + 30 + retrain of 3 (9) = 49, acc 0.7
+    assert seed1.iloc[-1][[s.COMPUTE_S, "mean"]].tolist() == [49, 0.7]
+    k2 = boot[boot[s.K] == 2].iloc[0]
+    assert k2["seeds"] == 2 and not k2["complete"]
+    k3 = boot[boot[s.K] == 3].iloc[0]
+    assert (k3["seeds"], k3[s.COMPUTE_S], k3["mean"]) == (1, 67, 0.8)
+
+
+def target_curves() -> pd.DataFrame:
+    return pd.DataFrame(
+        curve_rows("grid", 0, (10, 0.70), (100, 0.80)) + curve_rows("grid", 1, (20, 0.72), (200, 0.84))
+        # one early seed alone at 0.81 must not count as the mean reaching the target
+        + curve_rows("fast", 0, (5, 0.81), (50, 0.84)) + curve_rows("fast", 1, (40, 0.79), (60, 0.85))
+        + curve_rows("slow", 0, (10, 0.5)) + curve_rows("slow", 1, (10, 0.6)))
+
+
+def test_compute_to_target_hand_computed():
+    got = compute_to_target(target_curves()).set_index(s.METHOD)
+    # target = (0.80 + 0.84) / 2 = 0.82; within 0.01 -> mean >= 0.81
+    assert got.loc["grid", "final_acc"] == pytest.approx(0.82)
+    assert got.loc["grid", "final_compute_s"] == pytest.approx(150)
+    assert got.loc["grid", "compute_to_target_s"] == pytest.approx(200)
+    assert got.loc["grid", "ratio_to_reference"] == pytest.approx(1.0)
+    assert got.loc["fast", "compute_to_target_s"] == pytest.approx(50)  # (0.84 + 0.79) / 2
+    assert got.loc["fast", "ratio_to_reference"] == pytest.approx(0.25)
+    assert got.loc["fast", "final_acc"] == pytest.approx(0.845)
+    assert got.loc["fast", "final_compute_s"] == pytest.approx(55)
+    assert math.isnan(got.loc["slow", "compute_to_target_s"])
+    assert math.isnan(got.loc["slow", "ratio_to_reference"])
+    assert got.loc["slow", "final_acc"] == pytest.approx(0.55)
+    with pytest.raises(BenchError, match="reference"):
+        compute_to_target(target_curves(), reference="bayes")
+
+
+def suite_trials() -> pd.DataFrame:
+    """Two tasks x two seeds of the three-trial grid and a 3-run learned sweep (last failed)."""
+    rows = []
+    for task in ("digits", "cifar"):
+        for seed in (0, 1):
+            runs = bootstrap_trials(seed=seed) + [
+                learned(f"l{i}", 12 * (i + 1), 2 - i / 2, 0.65 + 0.05 * i + 0.01 * seed,
+                        ended=float(i), seed=seed) for i in range(3)]
+            runs[-1][s.STATUS] = s.FAILED
+            rows += [dict(r, **{s.TASK: task}) for r in runs]
+    return table(*rows)
+
+
+def test_plot_tradeoff_writes_png_and_svg(tmp_path):
+    paths = plot_tradeoff(suite_trials(), tmp_path / "tradeoff")
+    assert paths == [tmp_path / "tradeoff.png", tmp_path / "tradeoff.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in paths[1].read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tradeoff.png", "tradeoff.svg"]
+
+
+def test_report_markdown_has_a_row_per_method_and_status_counts():
+    report = report_markdown(suite_trials())
+    for task in ("digits", "cifar"):
+        assert f"## {task}" in report
+    assert "Reference: grid." in report
+    grid_rows = re.findall(r"^\| grid \|.*$", report, flags=re.M)
+    learned_rows = re.findall(r"^\| learned \|.*$", report, flags=re.M)
+    assert len(grid_rows) == len(learned_rows) == 2
+    # grid: final acc 0.8 for both seeds at compute 67, already 0.8 at 37 (k=2);
+    # ok 12 = 2 seeds x (3 search + 3 retrain)
+    assert grid_rows[0] == "| grid | 2 | 80.00 ± 0.00 | 67.0 | 37.0 | 1.000 | 12 | 0 | 0 | 0 |"
+    # learned: incumbent run i=1 (objective 1.5) at k=3, acc 0.70 / 0.71; 12+24+36 = 72
+    assert learned_rows[0].startswith("| learned | 2 | 70.50 ± 0.71 | 72.0 | – | – | 4 | 2 | 0 | 0 |")
+
+
+def test_report_without_grid_names_its_reference():
+    trials = suite_trials()
+    report = report_markdown(trials[trials[s.METHOD] != "grid"])
+    assert "Reference: learned (no grid-search curve" in report
+
+
+# --- the DE-ELBo study's own records -------------------------------------------------------
+
+PUBLISHED_WINNERS = {  # random_state: (test_acc, winning configuration)
+    1001: (0.6902, "l2-sp_lr_0=0.001_n=100_random_state=1001_tau=0.001"),
+    2001: (0.6669, "l2-sp_lr_0=0.0001_n=100_random_state=2001_tau=0.0"),
+    3001: (0.6877, "l2-sp_lr_0=0.001_n=100_random_state=3001_tau=1e-05"),
+}
+NAME = re.compile(r"^l2-sp_lr_0=(?P<lr>[^_]+)_n=(?P<n>\d+)_random_state=(?P<rs>\d+)_tau=(?P<tau>.+)$")
+
+
+def _published(kind: str) -> pd.DataFrame:
+    """ResNet-50 (non-ConvNeXt files), L2-SP grid, N = 100, with model_name parsed."""
+    frame = pd.read_csv(PUBLISHED / f"{kind}_CIFAR-10.csv")
+    frame = frame[(frame["method"] == "l2-sp") & (frame["n"] == 100)].copy()
+    parts = frame["model_name"].str.extract(NAME)
+    assert parts.notna().all().all(), "unparsed model_name"
+    assert (parts["n"].astype(int) == frame["n"]).all()
+    assert (parts["rs"].astype(int) == frame["random_state"]).all()
+    frame["config"] = "lr_0=" + parts["lr"] + ",tau=" + parts["tau"]
+    assert not frame.duplicated(["random_state", "config"]).any()
+    return frame
+
+
+def _published_trials(tuned: pd.DataFrame, retrained: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for rs, g in tuned.groupby("random_state"):
+        ended = g["runtime"].cumsum()  # completion order: the file's order, run one by one
+        rows += [_row(**{s.TASK: "CIFAR-10 N=100", s.SEED: rs, s.TRIAL_ID: f"{rs}/{r.config}",
+                         s.KIND: s.SEARCH, s.CONFIG: r.config, s.RESOURCE_S: r.runtime,
+                         s.VAL_NLL: r.val_nll, s.ENDED_S: e})
+                 for r, e in zip(g.itertuples(), ended)]
+    rows += [_row(**{s.TASK: "CIFAR-10 N=100", s.SEED: r.random_state,
+                     s.TRIAL_ID: f"retrain {r.random_state}/{r.config}", s.KIND: s.RETRAIN,
+                     s.RETRAIN_OF: f"{r.random_state}/{r.config}", s.CONFIG: r.config,
+                     s.RESOURCE_S: r.runtime, s.TEST_ACC: r.test_acc, s.TEST_NLL: r.test_nll,
+                     s.ENDED_S: 1e9}) for r in retrained.itertuples()]
+    return table(*rows)
+
+
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason=f"published DE-ELBo records not found at {PUBLISHED}")
+def test_full_grid_reproduces_published_cifar10_n100():
+    tuned, retrained = _published("tuned"), _published("retrained")
+    assert tuned.groupby("random_state").size().to_dict() == {1001: 24, 2001: 24, 3001: 24}
+    assert set(zip(tuned.random_state, tuned.config)) == set(zip(retrained.random_state, retrained.config))
+    trials = _published_trials(tuned, retrained)
+    last = anytime_curves(trials).groupby(s.SEED).tail(1).set_index(s.SEED)
+    boot = grid_bootstrap(trials, draws=20, by_seed=True).groupby(s.SEED).tail(1).set_index(s.SEED)
+    for rs, (acc, winner) in PUBLISHED_WINNERS.items():
+        config = NAME.match(winner)
+        config = f"lr_0={config['lr']},tau={config['tau']}"
+        assert last.loc[rs, s.TRIAL_ID] == f"{rs}/{config}"
+        assert round(last.loc[rs, s.TEST_ACC], 4) == acc
+        assert round(boot.loc[rs, "mean"], 4) == acc
+        expected = (tuned.loc[tuned.random_state == rs, "runtime"].sum()
+                    + retrained.loc[(retrained.random_state == rs) & (retrained.config == config),
+                                    "runtime"].item())
+        assert last.loc[rs, s.K] == boot.loc[rs, s.K] == 24
+        assert last.loc[rs, s.COMPUTE_S] == pytest.approx(expected, rel=1e-12)
+        assert boot.loc[rs, s.COMPUTE_S] == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from bench.backbones import build_backbone
+from bench.errors import BenchError
+from bench.regularizers import (
+    L2SP, LayerwiseConstraint, MarsSP, MarsSPFrobenius, WeightDecay, make_regularizer,
+)
+
+
+def test_weight_decay_penalty_by_hand(tiny_net):
+    by_hand = 0.5 * 1e-2 * sum(float((p.detach() ** 2).sum()) for p in tiny_net.model.parameters())
+    assert float(WeightDecay(beta=1e-2).penalty(tiny_net)) == pytest.approx(by_hand, rel=1e-6)
+    assert WeightDecay(beta=0.0).penalty(tiny_net) is None
+
+
+def test_l2sp_penalty_by_hand(tiny_net):
+    m = tiny_net.model
+    bb = sum(float(((p - tiny_net.mu0[n]) ** 2).sum()) for n, p in
+             [("0.weight", m[0].weight), ("0.bias", m[0].bias)])
+    head = float((m[1].weight ** 2).sum() + (m[1].bias ** 2).sum())
+    assert bb > 0.1
+    value = float(L2SP(alpha=0.3, beta=0.7).penalty(tiny_net))
+    assert value == pytest.approx(0.5 * 0.3 * bb + 0.5 * 0.7 * head, rel=1e-6)
+
+
+def test_l2sp_penalty_is_zero_at_the_pretrained_weights(tiny_net):
+    with torch.no_grad():
+        for n, p in tiny_net.backbone_parameters():
+            p.copy_(tiny_net.mu0[n])
+    assert float(L2SP(alpha=1.0, beta=0.0).penalty(tiny_net)) == 0.0
+
+
+def test_mars_sp_projection_bounds_every_row_l1_distance(tiny_net):
+    w_before = tiny_net.model[0].weight.detach().clone()
+    with torch.no_grad():
+        MarsSP(lambda_bb=0.5, lambda_head=0.2).project(tiny_net)
+    d = tiny_net.model[0].weight - tiny_net.mu0["0.weight"]
+    assert (d.abs().sum(dim=1) <= 0.5 + 1e-5).all()
+    assert (tiny_net.model[1].weight.abs().sum(dim=1) <= 0.2 + 1e-5).all()
+    # rows are only shrunk toward mu0, never rotated
+    before = w_before - tiny_net.mu0["0.weight"]
+    cos = torch.nn.functional.cosine_similarity(d, before, dim=1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+
+
+def test_mars_sp_leaves_rows_inside_the_ball_alone(tiny_net):
+    w_before = tiny_net.model[0].weight.detach().clone()
+    with torch.no_grad():
+        MarsSP(lambda_bb=1e6, lambda_head=1e6).project(tiny_net)
+    assert torch.equal(tiny_net.model[0].weight, w_before)
+
+
+def test_mars_sp_frobenius_bounds_each_layer(tiny_net):
+    with torch.no_grad():
+        MarsSPFrobenius(lambda_bb=0.3, lambda_head=0.1).project(tiny_net)
+    assert float((tiny_net.model[0].weight - tiny_net.mu0["0.weight"]).norm()) <= 0.3 + 1e-5
+    assert float(tiny_net.model[1].weight.norm()) <= 0.1 + 1e-5
+
+
+def test_layerwise_radius_grows_with_depth_on_a_real_backbone():
+    net = build_backbone("efficientnet-lite0", 10, seed=0)
+    params = dict(net.model.named_parameters())
+    with torch.no_grad():
+        for name in net.layer_weights:
+            params[name].add_(torch.randn_like(params[name]))
+        reg = LayerwiseConstraint(D=0.01, scale=2.0, D_head=0.5)
+        reg.project(net)
+    stages = set()
+    for name in net.layer_weights:
+        w = params[name]
+        if net.is_head(name):
+            assert float(w.norm()) <= 0.5 + 1e-4
+        else:
+            radius = 0.01 * 2.0 ** net.stage_of[name]
+            stages.add(net.stage_of[name])
+            assert float((w - net.mu0[name]).norm()) <= radius * (1 + 1e-4)
+    assert len(stages) >= 8  # stem, seven block stages, final conv
+    # biases and BatchNorm are not constrained
+    assert float((params["_bn0.weight"] - net.mu0["_bn0.weight"]).abs().max()) == 0.0
+
+
+def test_mars_sp_constraint_holds_on_a_real_backbone_after_a_step():
+    net = build_backbone("efficientnet-lite0", 10, seed=0)
+    x = torch.randn(4, 3, 32, 32)
+    loss = net.model(x).logsumexp(1).sum()
+    loss.backward()
+    with torch.no_grad():
+        for p in net.model.parameters():
+            p.add_(p.grad, alpha=-10.0)  # a big step
+        MarsSP(lambda_bb=2.0, lambda_head=1.0).project(net)
+    params = dict(net.model.named_parameters())
+    for name in net.layer_weights:
+        centre = 0 if net.is_head(name) else net.mu0[name]
+        d = (params[name] - centre).reshape(params[name].shape[0], -1)
+        assert (d.abs().sum(1) <= (1.0 if net.is_head(name) else 2.0) + 1e-4).all(), name
+
+
+def test_make_regularizer_refuses_unknown_names_and_bad_values():
+    assert make_regularizer("l2sp", alpha=1e-3).alpha == 1e-3
+    with pytest.raises(BenchError, match="unknown regularizer 'l3sp'"):
+        make_regularizer("l3sp")
+    with pytest.raises(BenchError, match="no hyperparameter gamma"):
+        make_regularizer("l2sp", gamma=1.0)
+    with pytest.raises(BenchError, match="finite number"):
+        make_regularizer("wd", beta=-1.0)
