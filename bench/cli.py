@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from bench.errors import BenchError
 
@@ -102,9 +103,70 @@ def _cmd_benchmark(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from bench.run import run_suite, summarize
+    from bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    out = Path(args.out or Path("runs") / suite.name)
+    run_suite(suite, out, address=args.address, progress=not args.quiet)
+    paths, report = summarize(out)
+    print(report)
+    print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from bench import schema
+    from bench.plots import plot_tradeoff
+    from bench.records import read_trials
+
+    for path in plot_tradeoff(read_trials(args.run_dir), Path(args.run_dir) / schema.PLOT_STEM):
+        print(path)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from bench.curves import report_markdown
+    from bench.records import read_trials
+
+    print(report_markdown(read_trials(args.run_dir)))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from bench.records import export_csv
+
+    for path in export_csv(args.run_dir):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description=__doc__.split("\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run a suite on Ray; write records, plot and report")
+    p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
+    p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
+    p.add_argument("--address", default=None,
+                   help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
+                        "started and stopped by the harness)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plot", help="accuracy-vs-compute plot (PNG, SVG) of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="Markdown table of a run directory (compute to target)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="write CSV copies of a run directory's tables")
+    p.add_argument("run_dir")
+    p.add_argument("--csv", action="store_true", required=True, help="as CSV (the one format)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", help="list data sets, backbones or regularizers")
     p.add_argument("what", choices=["datasets", "backbones", "regularizers"])

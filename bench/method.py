@@ -1,0 +1,141 @@
+"""The tuning-method plugin contract.
+
+A method proposes trials (``suggest``), hears their per-epoch reports (``on_report``, which
+may prune) and final results (``on_result``); for learned-hyperparameter methods it also
+says how one run trains (``fit``). It never imports Ray and never writes files: the
+harness runs its trials on a worker pool (or replays them) and keeps the records.
+
+Constructors only store options (scikit-learn style); ``start`` sets up the state, whose
+attributes end in ``_``. Every hook has a harmless default, so a plugin overrides only
+what it needs. Plugins register under the entry-point group ``bench.methods``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from bench.network import Network
+from bench.regularizers import make_regularizer, regularizer_class
+from bench.space import LR, Param
+from bench.task import Task
+from bench.train import Split, Timer, TrainConfig, fine_tune
+
+FINISHED = "FINISHED"  # suggest(): no more trials from this method
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method knows when it starts: the task, the search space (learning rate and
+    the regularizer's hyperparameters), its seed, and the budget it runs under."""
+
+    task: Task
+    space: tuple[Param, ...]
+    seed: int
+    cap_s: float  # compute cap (resource-seconds) for this (task, method, seed)
+    workers: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished trial as a method sees it. ``score`` is what the method minimises:
+    validation NLL for search trials (or 1 - accuracy if selected so), the method's own
+    objective for learned runs; None if the trial failed, was pruned or stopped."""
+
+    trial_id: str
+    config: dict[str, float]
+    status: str
+    score: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What ``fit`` trains on. Search trials get the 80% train split and (for per-epoch
+    reports) the validation split; learned methods get all N and no validation data."""
+
+    task: Task
+    seed: int
+    train: Split
+    validation: Split | None
+    num_classes: int
+    make_network: Callable[[], Network]
+
+
+@dataclass
+class Fitted:
+    """What ``fit`` returns: the trained network (the harness evaluates it), the method's
+    own objective if it has one (lower is better), and anything worth recording."""
+
+    network: Network
+    objective: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    steps_done: int = 0
+    train_s: float = 0.0  # seconds in training steps
+    eval_s: float = 0.0  # seconds in evaluations during training
+
+
+Report = Callable[[int, dict[str, float]], bool]  # (step, metrics) -> stop?
+
+
+class Method:
+    """Base class of tuning methods: set ``name``, override ``suggest`` (and what else is
+    needed). Options are keyword arguments of the subclass's constructor, stored as is."""
+
+    name: ClassVar[str] = ""
+    #: trials are scored on a validation split and the incumbent retrained on all N
+    uses_validation: ClassVar[bool] = True
+    #: evaluate on the validation split every epoch, for ``on_report`` to prune on
+    reports_validation: ClassVar[bool] = False
+
+    def start(self, context: Context) -> None:
+        """Called once before any suggestion; set up state here (attributes end in _)."""
+        self.context_ = context
+
+    def suggest(self, trial_id: str) -> dict[str, float] | str | None:
+        """The configuration to run as ``trial_id``, ``FINISHED``, or None to wait for
+        running trials' results first."""
+        return FINISHED
+
+    def on_report(self, trial_id: str, step: int, metrics: dict[str, float]) -> bool:
+        """A running trial's evaluation; return True to stop (prune) it."""
+        return False
+
+    def on_result(self, result: Result) -> None:
+        """A trial finished (any status)."""
+
+    def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
+        """Train one trial (runs on a worker). Default: the shared fine-tuning loop with
+        the task's regularizer at ``config`` (``lr`` plus its hyperparameters)."""
+        return standard_fit(data, config, report, self.reports_validation)
+
+
+def search_space(task: Task) -> tuple[Param, ...]:
+    """The learning rate plus the task's regularizer's hyperparameters."""
+    return (LR, *regularizer_class(task.regularizer).space)
+
+
+def standard_fit(data: FitData, config: dict[str, float], report: Report,
+                 report_validation: bool) -> Fitted:
+    """The shared fine-tuning loop at ``config``, reporting validation metrics per epoch
+    when asked (for pruning)."""
+    task = data.task
+    hp = {k: v for k, v in config.items() if k != "lr"}
+    regularizer = make_regularizer(task.regularizer, **hp)
+    net = data.make_network()
+    evals = {"val": data.validation} if report_validation and data.validation else {}
+    # an epoch report goes out even without evaluation, so budgets can stop the trial
+
+    def callback(r) -> bool:
+        metrics = {"train_loss": r.train_loss}
+        if "val" in r.metrics:
+            metrics |= {"val_nll": r.metrics["val"]["nll"], "val_acc": r.metrics["val"]["acc"]}
+        return report(r.step, metrics)
+
+    config_ = TrainConfig(lr=config["lr"], steps=task.steps, batch_size=task.batch_size,
+                          seed=data.seed)
+    result = fine_tune(net, regularizer, data.train, config_, evals, callback, Timer())
+    return Fitted(net, info={"final_loss": result.final_loss}, steps_done=result.steps_done,
+                  train_s=result.train_s, eval_s=result.eval_s)
+
+

@@ -1,0 +1,35 @@
+"""Tuning methods are found through the entry-point group ``bench.methods``; the
+built-ins register the same way (see pyproject.toml)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from bench.errors import BenchError
+from bench.method import Method
+
+GROUP = "bench.methods"
+
+
+def available_methods() -> dict[str, object]:
+    """Entry points by name, not yet imported."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def method_class(name: str) -> type[Method]:
+    eps = available_methods()
+    if name not in eps:
+        raise BenchError(f"unknown method {name!r}; installed: {', '.join(sorted(eps))}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise BenchError(f"entry point {name!r} is not a bench.method.Method subclass")
+    return cls
+
+
+def build_method(name: str, options: dict) -> Method:
+    """Instantiate a method with its options; a wrong option is a one-line error."""
+    cls = method_class(name)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise BenchError(f"method {name!r}: {err}".replace("__init__() ", "")) from None

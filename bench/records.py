@@ -1,0 +1,67 @@
+"""Reading and writing a run directory's records; every write is atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bench import schema
+from bench.errors import BenchError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename over ``path``: readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def frame(rows: Iterable[dict], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Rows as a table with exactly ``columns`` (missing values empty)."""
+    return pd.DataFrame(list(rows), columns=list(columns))
+
+
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def read_trials(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / schema.TRIALS_FILE
+    if not path.is_file():
+        raise BenchError(f"no {schema.TRIALS_FILE} in {run_dir}: not a suite run directory")
+    return pd.read_parquet(path)
+
+
+def read_reports(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / schema.REPORTS_FILE
+    return pd.read_parquet(path) if path.is_file() else frame([], schema.REPORT_COLUMNS)
+
+
+def export_csv(run_dir: str | Path) -> list[Path]:
+    """Write CSV copies of the run's tables beside them."""
+    out = []
+    for name, table in ((schema.TRIALS_FILE, read_trials(run_dir)),
+                        (schema.REPORTS_FILE, read_reports(run_dir))):
+        path = Path(run_dir) / Path(name).with_suffix(".csv")
+        atomic_write(path, lambda tmp, t=table: t.to_csv(tmp, index=False))
+        out.append(path)
+    return out

@@ -1,0 +1,172 @@
+"""Running a suite: check everything, start (or join) Ray, run every (task, method, seed)
+campaign with the same worker pool and cap, keep the records, then plot and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from bench import schema as S
+from bench.errors import BenchError
+from bench.records import frame, write_json, write_table, write_text
+from bench.suite import Suite
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output that is a file, is not writable, or already holds a run."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"output {out} exists and is not a directory")
+    if (out / S.TRIALS_FILE).exists():
+        raise BenchError(f"output {out} already holds a run; choose another directory")
+    parent = out if out.exists() else next(p for p in out.parents if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise BenchError(f"output {out} is not writable")
+
+
+def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
+    """The pool must fit the cluster: an impossible budget is refused before any trial."""
+    b = suite.budget
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if b.gpus_per_worker > 0 and gpus == 0:
+        raise BenchError(f"budget asks for {b.gpus_per_worker:g} GPU per worker but the "
+                         "Ray cluster has no GPU")
+    if b.workers * b.cpus_per_worker > cpus + 1e-9:
+        raise BenchError(f"budget needs {b.workers} x {b.cpus_per_worker:g} CPUs but the "
+                         f"Ray cluster has {cpus:g}")
+    if b.workers * b.gpus_per_worker > gpus + 1e-9:
+        raise BenchError(f"budget needs {b.workers} x {b.gpus_per_worker:g} GPUs but the "
+                         f"Ray cluster has {gpus:g}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("finetune-hpo-bench", "torch", "torchvision", "ray", "optuna", "laplace-torch",
+                 "pandas", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _machine() -> dict:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"hostname": platform.node(), "platform": platform.platform(),
+            "processor": platform.machine(), "cpus": os.cpu_count(),
+            "memory_gib": round(mem, 1)}
+
+
+class Progress:
+    """One line per finished trial on stderr: where the suite is and the best so far."""
+
+    def __init__(self, suite: Suite, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = len(suite.tasks) * len(suite.methods) * len(suite.seeds)
+        self.index = 0
+        self.started = time.perf_counter()
+
+    def campaign(self, campaign) -> None:
+        self.index += 1
+        self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
+                  f"seed {campaign.seed}: start")
+
+    def record(self, campaign, row: dict) -> None:
+        tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
+        best = f"{campaign.best[0]:.4f}" if campaign.best else "-"
+        score = row.get(S.VAL_NLL) if row[S.KIND] == S.SEARCH else row.get(S.TEST_ACC)
+        what = f"{row[S.KIND]} {row[S.STATUS]}" + (f" {score:.4f}" if score is not None else "")
+        self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
+                  f"seed {campaign.seed}: {what} | {len(tuning)} trials, "
+                  f"{campaign.spent_s:.0f}/{campaign.budget.cap_s:.0f} resource-s | "
+                  f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
+
+    def _say(self, line: str) -> None:
+        if self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _start_ray(address: str | None, temp_dir: str, suite: Suite) -> float:
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    started = time.perf_counter()
+    common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
+                 **common)
+    return time.perf_counter() - started
+
+
+def run_suite(suite: Suite, out: Path, address: str | None = None,
+              progress: bool = True, command: str = "") -> Path:
+    """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check."""
+    import ray
+
+    from bench.ray_runner import Campaign, run_campaign
+
+    out = Path(out)
+    check_output_dir(out)
+    for task in suite.tasks:
+        task.check_data()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
+    clock0 = time.perf_counter()
+    try:
+        ray_start_s = _start_ray(address, temp_dir, suite)
+        check_resources(suite, ray.cluster_resources())
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / S.SUITE_FILE, suite.source)
+        metadata = {"suite": suite.name, "command": command or " ".join(sys.argv),
+                    "versions": _versions(), "machine": _machine(),
+                    "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
+                    "ray_address": address or "local", "ray_start_s": ray_start_s,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(out / S.METADATA_FILE, metadata)
+        show = Progress(suite, progress)
+        rows: list[dict] = []
+        reports: list[dict] = []
+        storage = os.path.join(temp_dir, "tune")
+        for task in suite.tasks:
+            for seed in suite.seeds:
+                for spec in suite.methods:
+                    campaign = Campaign(suite.name, task, spec.label, spec.build(), seed,
+                                        suite.budget, clock0, on_record=show.record)
+                    show.campaign(campaign)
+                    run_campaign(campaign, storage)
+                    rows += campaign.rows
+                    reports += campaign.reports
+                    # after every campaign, so an interrupted suite keeps what it finished
+                    write_table(out / S.TRIALS_FILE, frame(rows, S.TRIAL_COLUMNS))
+                    write_table(out / S.REPORTS_FILE, frame(reports, S.REPORT_COLUMNS))
+        metadata |= {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "suite_wall_s": time.perf_counter() - clock0}
+        write_json(out / S.METADATA_FILE, metadata)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return out
+
+
+def summarize(out: Path) -> tuple[list[Path], str]:
+    """Plot and report a finished run directory."""
+    from bench.curves import report_markdown
+    from bench.plots import plot_tradeoff
+    from bench.records import read_trials
+
+    trials = read_trials(out)
+    paths = plot_tradeoff(trials, out / S.PLOT_STEM)
+    report = report_markdown(trials)
+    write_text(out / S.REPORT_FILE, report)
+    return paths, report
