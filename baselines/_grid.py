@@ -12,8 +12,9 @@ from bench.method import FINISHED, Context, Method
 class GridSearch(Method):
     name = "grid"
 
-    def __init__(self, max_trials: int | None = None) -> None:
+    def __init__(self, max_trials: int | None = None, retrain_all: bool = False) -> None:
         self.max_trials = max_trials
+        self.retrain_all = retrain_all
 
     def start(self, context: Context) -> None:
         super().start(context)

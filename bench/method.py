@@ -87,6 +87,9 @@ class Method:
     uses_validation: ClassVar[bool] = True
     #: evaluate on the validation split every epoch, for ``on_report`` to prune on
     reports_validation: ClassVar[bool] = False
+    #: retrain every finished configuration, not only new incumbents (needed by the
+    #: grid's subset bootstrap, which may pick any configuration)
+    retrain_all: bool = False
 
     def start(self, context: Context) -> None:
         """Called once before any suggestion; set up state here (attributes end in _)."""

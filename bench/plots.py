@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.curves import aggregate_curves, anytime_curves, grid_bootstrap
+from bench.records import atomic_write
 from bench.schema import COMPUTE_S, METHOD, TASK
 
 GRID = "grid"
@@ -19,15 +18,7 @@ GRID = "grid"
 
 def _save_atomic(fig: Figure, path: Path) -> None:
     """A reader never sees a half-written figure, and a crash leaves the old one in place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=path.suffix[1:], bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would survive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight"))
 
 
 def _panel(ax, task: str, agg: pd.DataFrame, boot: pd.DataFrame | None) -> None:
@@ -38,6 +29,8 @@ def _panel(ax, task: str, agg: pd.DataFrame, boot: pd.DataFrame | None) -> None:
         ax.fill_between(x, 100 * g["low"], 100 * g["high"], step="post", alpha=0.2,
                         color=line.get_color(), linewidth=0)
         colors[method] = line.get_color()
+    if boot is not None and "complete" in boot:
+        boot = boot[boot["complete"].astype(bool)]  # exact only if every config was retrained
     if boot is not None and not boot.empty:
         ax.plot(boot[COMPUTE_S], 100 * boot["mean"], "--", color=colors.get(GRID),
                 label="grid (subset bootstrap)")
@@ -46,7 +39,10 @@ def _panel(ax, task: str, agg: pd.DataFrame, boot: pd.DataFrame | None) -> None:
     ax.set_xlabel("compute (resource-seconds)")
     ax.set_ylabel("balanced test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    if agg.empty:
+        ax.text(0.5, 0.5, "no scored point yet", ha="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize="small")
 
 
 def plot_tradeoff(trials: pd.DataFrame, out_stem: Path) -> list[Path]:
@@ -55,9 +51,11 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path) -> list[Path]:
     Lines: mean over seeds as a step line, band = low/high of ``aggregate_curves``; dashed:
     the grid's subset bootstrap where a method named "grid" exists.
     """
-    agg = aggregate_curves(anytime_curves(trials))
-    tasks = sorted(agg[TASK].unique())
-    boot = grid_bootstrap(trials) if GRID in set(trials[METHOD]) else None
+    curves = anytime_curves(trials)
+    agg = aggregate_curves(curves) if not curves.empty else curves.assign(
+        mean=[], low=[], high=[])  # no scored point yet: empty panels, still a figure
+    tasks = sorted(set(trials[TASK]))
+    boot = grid_bootstrap(trials) if GRID in set(curves[METHOD]) else None
     cols = min(len(tasks), 3)
     rows = math.ceil(len(tasks) / cols)
     fig = Figure(figsize=(5.5 * cols, 4.2 * rows))

@@ -113,7 +113,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check."""
     import ray
 
-    from bench.ray_runner import Campaign, run_campaign
+    from bench.campaign import Campaign
+    from bench.ray_runner import run_campaign
 
     out = Path(out)
     check_output_dir(out)

@@ -1,0 +1,164 @@
+"""The driver-side state of one (task, method, seed) campaign, shared by every backend:
+which trials ran with which configuration, the incumbent and its retrains, the tuning
+compute spent against the cap, and the records. ``run_inline`` runs a campaign one trial
+at a time in this process (tests, ``check_method``); ``bench.ray_runner`` runs it on Ray."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+
+from bench import schema as S
+from bench.method import FINISHED, Context, Method, Result, search_space
+from bench.suite import Budget
+from bench.task import Task
+from bench.trial import TrialSpec, execute_trial
+
+CONTINUE, STOP = "CONTINUE", "STOP"  # the same words as Ray Tune's scheduler decisions
+
+
+class Campaign:
+    """Driver-side state of one (task, method, seed): trials, incumbent, compute spent."""
+
+    def __init__(self, suite: str, task: Task, label: str, method: Method, seed: int,
+                 budget: Budget, clock0: float, on_record=None) -> None:
+        self.suite, self.task, self.label, self.method = suite, task, label, method
+        self.seed, self.budget, self.clock0 = seed, budget, clock0
+        self.on_record = on_record
+        self.kinds: dict[str, tuple[str, dict, str | None]] = {}
+        self.started: dict[str, float] = {}
+        self.stopped_as: dict[str, str] = {}
+        self.rows: list[dict] = []
+        self.reports: list[dict] = []
+        self.retrain_queue: list[tuple[dict, str]] = []
+        self.best: tuple[float, str] | None = None
+        self.spent_s = 0.0
+        self.method_done = False
+        self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
+        method.start(Context(task, search_space(task), seed, budget.cap_s, budget.workers))
+
+    @property
+    def res(self) -> float:
+        return self.budget.resources_per_worker
+
+    def running_tuning(self) -> list[str]:
+        done = {r[S.TRIAL_ID] for r in self.rows}
+        return [t for t, (kind, _, _) in self.kinds.items()
+                if kind != S.RETRAIN and t not in done]
+
+    def tuning_spent(self) -> float:
+        """Finished tuning trials' compute plus what running ones have used so far."""
+        now = time.perf_counter()
+        return self.spent_s + sum((now - self.started[t]) * self.res
+                                  for t in self.running_tuning() if t in self.started)
+
+    def over_cap(self) -> bool:
+        return self.tuning_spent() >= self.budget.cap_s
+
+    # -- called by the backends (Ray or inline)
+
+    def next_config(self, trial_id: str):
+        if self.retrain_queue:
+            hp, of = self.retrain_queue.pop(0)
+            self.kinds[trial_id] = (S.RETRAIN, hp, of)
+            return {"kind": S.RETRAIN, "hp": hp}
+        if not self.method_done and not self.over_cap():
+            config = self.method.suggest(trial_id)
+            if config is None:
+                return None if self.running_tuning() else self._stalled()
+            if config != FINISHED:
+                kind = S.SEARCH if self.method.uses_validation else S.LEARNED
+                hp = {k: float(v) for k, v in config.items()}
+                self.kinds[trial_id] = (kind, hp, None)
+                return {"kind": kind, "hp": hp}
+            self.method_done = True
+        # nothing new: wait while running trials may still produce an incumbent to retrain
+        return None if self.running_tuning() else FINISHED
+
+    def _stalled(self):
+        self.method_done = True  # waiting on nothing would spin forever
+        return FINISHED
+
+    def trial_started(self, trial_id: str) -> None:
+        self.started.setdefault(trial_id, time.perf_counter())
+
+    def trial_report(self, trial_id: str, result: dict) -> str:
+        if result.get("phase") != "epoch":
+            return CONTINUE
+        kind, _, _ = self.kinds[trial_id]
+        metrics = {k: result[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in result}
+        self.reports.append({S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
+                             S.SEED: self.seed, S.TRIAL_ID: trial_id, S.STEP: result[S.STEP],
+                             S.EPOCH: None, **metrics})
+        if kind != S.RETRAIN and self.over_cap():
+            self.stopped_as[trial_id] = S.OVER_BUDGET
+            return STOP
+        if kind == S.SEARCH and self.method.on_report(trial_id, result[S.STEP], metrics):
+            self.stopped_as[trial_id] = S.PRUNED
+            return STOP
+        return CONTINUE
+
+    def trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        ended = time.perf_counter()
+        kind, hp, retrain_of = self.kinds[trial_id]
+        started = self.started.get(trial_id, ended)
+        result = result or {}
+        final = result.get("phase") == "final"
+        if trial_id in self.stopped_as:
+            status = self.stopped_as[trial_id]
+        elif error or not final:
+            status = S.FAILED
+        else:
+            status = result.get(S.STATUS, S.FAILED)
+        wall = ended - started
+        train_s = result.get(S.TRAIN_S) if final else None
+        eval_s = result.get(S.EVAL_S) if final else None
+        row = {
+            S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label, S.SEED: self.seed,
+            S.TRIAL_ID: trial_id, S.KIND: kind, S.STATUS: status,
+            S.CONFIG: json.dumps(hp, sort_keys=True), S.RETRAIN_OF: retrain_of,
+            S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
+            S.RESOURCE_S: wall * self.res, S.CPU_S: wall * self.budget.cpus_per_worker,
+            S.GPU_S: wall * self.budget.gpus_per_worker,
+            S.TRAIN_S: train_s, S.EVAL_S: eval_s,
+            S.OVERHEAD_S: wall - (train_s or 0) - (eval_s or 0),
+            S.NODE: result.get(S.NODE), S.STEPS_DONE: result.get(S.STEPS_DONE),
+            S.ERROR: result.get(S.ERROR) or ("trial process failed" if error else None),
+            S.INFO: result.get(S.INFO),
+        }
+        if status == S.OK:
+            for key in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
+                row[key] = result.get(key)
+        self.rows.append(row)
+        if kind != S.RETRAIN:
+            self.spent_s += row[S.RESOURCE_S]
+            score = row.get(S.VAL_NLL) if kind == S.SEARCH else row.get(S.OBJECTIVE)
+            self.method.on_result(Result(trial_id, hp, status, score if status == S.OK else None,
+                                         {k: row[k] for k in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL,
+                                                              S.TEST_ACC) if row.get(k) is not None}))
+            if kind == S.SEARCH and status == S.OK and score is not None:
+                improved = self.best is None or score < self.best[0]
+                if improved:
+                    self.best = (score, trial_id)
+                if improved or self.method.retrain_all:
+                    self.retrain_queue.append((hp, trial_id))
+        if self.on_record:
+            self.on_record(self, row)
+
+
+
+def run_inline(campaign: Campaign) -> None:
+    """Run a campaign's trials one after another in this process."""
+    spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
+                     threads=max(1, int(campaign.budget.cpus_per_worker)))
+    for number in itertools.count():
+        trial_id = f"t{number:04d}"
+        config = campaign.next_config(trial_id)
+        if config in (FINISHED, None):  # None: nothing runs that could change its mind
+            return
+        campaign.trial_started(trial_id)
+        final = execute_trial(config, spec,
+                              lambda result: campaign.trial_report(trial_id, result) == STOP)
+        campaign.trial_complete(trial_id, final, error=False)

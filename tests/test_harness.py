@@ -1,0 +1,156 @@
+"""The harness end to end: the smoke suite through real Ray, caps, records, bad suites."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import schema as S
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "suites" / "smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["run", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_smoke_suite_writes_records_plot_and_report(smoke_run):
+    for name in (S.TRIALS_FILE, S.REPORTS_FILE, S.METADATA_FILE, S.SUITE_FILE, S.REPORT_FILE,
+                 S.PLOT_STEM + ".png", S.PLOT_STEM + ".svg"):
+        assert (smoke_run / name).stat().st_size > 0, name
+    trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
+    assert list(trials.columns) == list(S.TRIAL_COLUMNS)
+    assert set(trials[S.METHOD]) == {"grid", "random", "tpe", "tpe-prune"}
+    search = trials[(trials[S.KIND] == S.SEARCH) & (trials[S.STATUS] == S.OK)]
+    assert search[S.VAL_NLL].notna().all() and search[S.TEST_ACC].isna().all()
+    retrain = trials[trials[S.KIND] == S.RETRAIN]
+    assert len(retrain) >= 4 and retrain[S.TEST_ACC].between(0, 1).all()
+    assert set(retrain[S.RETRAIN_OF]) <= set(search[S.TRIAL_ID])
+    assert (trials[S.RESOURCE_S] > 0).all() and trials[S.NODE].notna().all()
+    assert (trials[S.WALL_S] + 1e-9 >= trials[S.TRAIN_S].fillna(0) + trials[S.EVAL_S].fillna(0)).all()
+    # the retrained incumbent beats chance by far (10 classes)
+    assert retrain[S.TEST_ACC].max() > 0.5
+    meta = json.loads((smoke_run / S.METADATA_FILE).read_text())
+    assert meta["versions"]["ray"] and meta["machine"]["cpus"] and meta["budget"]["workers"] == 2
+    report = (smoke_run / S.REPORT_FILE).read_text()
+    assert all(m in report for m in ("grid", "random", "tpe", "tpe-prune"))
+
+
+def test_pruning_method_prunes_and_reports_reach_the_records(smoke_run):
+    trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
+    pruned = trials[(trials[S.METHOD] == "tpe-prune") & (trials[S.STATUS] == S.PRUNED)]
+    assert len(pruned) >= 1
+    reports = pd.read_parquet(smoke_run / S.REPORTS_FILE)
+    tpe_prune = reports[reports[S.METHOD] == "tpe-prune"]
+    assert tpe_prune[S.VAL_NLL].notna().any()
+
+
+def test_every_method_stays_within_the_cap(smoke_run):
+    cap = json.loads((smoke_run / S.METADATA_FILE).read_text())["budget"]["cap_s"]
+    trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
+    tuning = trials[trials[S.KIND] != S.RETRAIN]
+    assert (tuning.groupby([S.TASK, S.METHOD, S.SEED])[S.RESOURCE_S].sum() <= cap).all()
+
+
+def test_report_and_export_commands_read_a_run(smoke_run, capsys):
+    assert main(["report", str(smoke_run)]) == 0
+    assert "| grid |" in capsys.readouterr().out
+    assert main(["export", str(smoke_run), "--csv"]) == 0
+    table = pd.read_csv(smoke_run / "trials.csv")
+    assert len(table) == len(pd.read_parquet(smoke_run / S.TRIALS_FILE))
+
+
+def test_a_tight_cap_stops_trials_on_ray(tmp_path):
+    suite = SMOKE.read_text().split("[methods.grid]")[0].replace("cap_s = 40", "cap_s = 4")
+    suite = suite.replace("steps = 30", "steps = 150") + "[methods.random]\ntrials = 50\n"
+    path = tmp_path / "tight.toml"
+    path.write_text(suite)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    trials = pd.read_parquet(tmp_path / "out" / S.TRIALS_FILE)
+    tuning = trials[trials[S.KIND] != S.RETRAIN]
+    assert len(tuning) < 50
+    # no trial starts after the cap is spent; running ones stop at their next report
+    assert tuning[S.RESOURCE_S].sum() <= 4 + 2 * tuning[S.RESOURCE_S].max()
+    assert (tuning[S.STATUS] == S.OVER_BUDGET).any()
+
+
+BAD_SUITES = [
+    ("name = 'x'\n[budget\n", "malformed TOML"),
+    ("colour = 1\n", "unknown key 'colour'"),
+    ("[budget]\ncap_s = 0\n", "cap_s must be a number > 0"),
+    ("[budget]\ncap_s = -5\n", "cap_s must be a number > 0"),
+    ("[budget]\nworkers = 0\n", "workers must be an integer >= 1"),
+    ("[budget]\nspeed = 1\n", "unknown key 'speed'"),
+    ("[[tasks]]\ndataset = 'nope'\nn = 10\nbackbone = 'small-cnn'\n", "unknown data set 'nope'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'nope'\n", "unknown backbone 'nope'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nregularizer = 'l3'\n",
+     "unknown regularizer 'l3'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nlr = 1\n", "unknown key 'lr'"),
+    ("[methods.nope]\n", "unknown method 'nope'"),
+    ("[methods.grid]\nmax_trails = 3\n", "unexpected keyword argument 'max_trails'"),
+    ("[methods.tpe-prune]\npruner = 'magic'\n", "unknown pruner 'magic'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 99999\nbackbone = 'small-cnn'\n", "exceeds the 1438"),
+    ("[budget]\ngpus_per_worker = 0.25\n", "no GPU"),
+    ("[budget]\nworkers = 64\n", "Ray cluster has 2"),
+]
+
+BASE = """name = "bad"
+[[tasks]]
+dataset = "digits"
+n = 60
+backbone = "small-cnn"
+image_size = 8
+[methods.random]
+trials = 1
+"""
+
+
+def _merge(snippet: str) -> str:
+    """Put the snippet's tables in place of the base suite's."""
+    base = BASE
+    if "[[tasks]]" in snippet:
+        base = base.split("[[tasks]]")[0] + "[methods.random]\ntrials = 1\n"
+    if "[methods." in snippet:
+        base = base.split("[methods.random]")[0]
+    return snippet + "\n" + base if not snippet.startswith("[") else base + "\n" + snippet
+
+
+@pytest.mark.parametrize("snippet, message", BAD_SUITES)
+def test_bad_suites_exit_2_with_one_line_and_write_nothing(snippet, message, tmp_path, capsys):
+    if "cpus" in message or "GPU" in message or "cluster" in message:
+        pytest.importorskip("ray")
+    path = tmp_path / "bad.toml"
+    path.write_text(_merge(snippet))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "ok.toml"
+    path.write_text(BASE)
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", str(path), "--out", str(tmp_path / "afile")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_missing_suite_file_is_refused(capsys):
+    assert main(["run", "no/such/suite.toml"]) == 2
+    assert "cannot read suite" in capsys.readouterr().err
+
+
+def test_python_dash_m_bench_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "--address" in proc.stdout
