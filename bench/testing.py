@@ -85,10 +85,14 @@ def _check_no_ray(cls: type) -> None:
                 f"{klass.__module__} uses Ray ({name}); methods must not touch Ray"
 
 
-def _in_space(config: dict, space) -> None:
+def _in_space(config: dict, space, learned: bool) -> None:
+    """Search methods set every hyperparameter; learned ones only what they don't learn."""
     names = {p.name for p in space}
-    assert set(config) == names, f"suggested keys {sorted(config)} != space {sorted(names)}"
+    ok = set(config) <= names if learned else set(config) == names
+    assert ok, f"suggested keys {sorted(config)} do not fit the space {sorted(names)}"
     for p in space:
+        if p.name not in config:
+            continue
         v = float(config[p.name])
         assert p.low - 1e-12 <= v <= p.high + 1e-12 or v in p.grid, \
             f"{p.name}={v} is outside [{p.low}, {p.high}] and not a grid value"
@@ -117,7 +121,7 @@ def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 
     def checked_next(trial_id):
         config = original(trial_id)
         if isinstance(config, dict) and config["kind"] != S.RETRAIN:
-            _in_space(config["hp"], space)
+            _in_space(config["hp"], space, learned=not cls.uses_validation)
         return config
 
     campaign.next_config = checked_next
