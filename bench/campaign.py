@@ -36,8 +36,9 @@ class Campaign:
         self.best: tuple[float, str] | None = None
         self.spent_s = 0.0
         self.method_done = False
+        self.cap_s = task.cap_s or budget.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
-        method.start(Context(task, search_space(task), seed, budget.cap_s, budget.workers))
+        method.start(Context(task, search_space(task), seed, self.cap_s, budget.workers))
 
     @property
     def res(self) -> float:
@@ -55,7 +56,7 @@ class Campaign:
                                   for t in self.running_tuning() if t in self.started)
 
     def over_cap(self) -> bool:
-        return self.tuning_spent() >= self.budget.cap_s
+        return self.tuning_spent() >= self.cap_s
 
     # -- called by the backends (Ray or inline)
 

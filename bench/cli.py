@@ -97,9 +97,13 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_benchmark(args) -> int:
-    from bench.benchmarks import loop_benchmark
+    from bench import benchmarks
 
-    loop_benchmark(steps=args.steps, batch_size=args.batch_size, repeats=args.repeats)
+    if args.what == "loop":
+        benchmarks.loop_benchmark(steps=args.steps, batch_size=args.batch_size,
+                                  repeats=args.repeats)
+    else:
+        benchmarks.harness_benchmark(args.suite, workers=tuple(args.workers))
     return 0
 
 
@@ -196,10 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("benchmark", help="throughput of the training loop vs a bare PyTorch loop")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="alternating measurements; best kept")
+    p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead")
+    p.add_argument("what", choices=["loop", "harness"], nargs="?", default="loop",
+                   help="loop: harness vs bare PyTorch img/s; harness: a suite's overhead "
+                        "share and throughput per pool size")
+    p.add_argument("--steps", type=int, default=30, help="loop: timed steps per measurement")
+    p.add_argument("--batch-size", type=int, default=32, help="loop: batch size")
+    p.add_argument("--repeats", type=int, default=3, help="loop: alternating runs; best kept")
+    p.add_argument("--suite", default="suites/overhead.toml", help="harness: the suite to time")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="harness: pool sizes to compare")
     p.set_defaults(func=_cmd_benchmark)
     return parser
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from bench.network import Network
-from bench.regularizers import make_regularizer, regularizer_class
-from bench.space import LR, Param
+from bench.regularizers import make_regularizer
+from bench.space import Param
 from bench.task import Task
 from bench.train import Split, Timer, TrainConfig, fine_tune
 
@@ -115,7 +115,7 @@ class Method:
 
 def search_space(task: Task) -> tuple[Param, ...]:
     """The learning rate plus the task's regularizer's hyperparameters."""
-    return (LR, *regularizer_class(task.regularizer).space)
+    return task.search_space()
 
 
 def standard_fit(data: FitData, config: dict[str, float], report: Report,

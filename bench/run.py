@@ -84,7 +84,7 @@ class Progress:
         what = f"{row[S.KIND]} {row[S.STATUS]}" + (f" {score:.4f}" if score is not None else "")
         self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: {what} | {len(tuning)} trials, "
-                  f"{campaign.spent_s:.0f}/{campaign.budget.cap_s:.0f} resource-s | "
+                  f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
                   f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
 
     def _say(self, line: str) -> None:

@@ -8,12 +8,15 @@
     cpus_per_worker = 1    # Ray resources per trial (fractions allowed)
     gpus_per_worker = 0
     cap_s = 600            # tuning compute per (task, method, seed), resource-seconds
+                           # (a task may set its own cap_s)
 
     [[tasks]]
     dataset = "animal-mnist"
     n = 100
     backbone = "efficientnet-lite0"
     ...                    # any field of bench.task.Task
+    [tasks.space]          # optional: narrower search ranges and grids, by name
+    lr = { low = 0.01, high = 0.1, grid = [0.1, 0.03, 0.01] }
 
     [methods.grid]         # label; `method = "..."` names the plugin if it differs
     max_trials = 24        # the method's options
@@ -31,6 +34,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.method import Method
 from bench.plugins import build_method
+from bench.space import Param
 from bench.task import Task
 
 
@@ -101,6 +105,27 @@ def _build(where: str, cls, table: dict):
 
 
 TASK_KEYS = [f.name for f in dataclasses.fields(Task)]
+PARAM_KEYS = ["low", "high", "grid", "log"]
+
+
+def _task_table(where: str, table: Any) -> dict:
+    """A task table; its ``space`` sub-table overrides search ranges and grids by name."""
+    table = dict(_check_keys(where, table, TASK_KEYS))
+    space = _check_keys(f"{where} space", table.get("space", {}), table.get("space") or {})
+    params = []
+    for name, spec in space.items():
+        spec = _check_keys(f"{where} space.{name}", spec, PARAM_KEYS)
+        grid = spec.get("grid")
+        if not (isinstance(grid, list) and grid and all(_number(v) for v in grid)):
+            raise BenchError(f"{where} space.{name}: grid must be a non-empty list of numbers")
+        low = spec.get("low", min(grid))
+        high = spec.get("high", max(grid))
+        if not (_number(low) and _number(high)):
+            raise BenchError(f"{where} space.{name}: low and high must be numbers")
+        params.append(Param(name, float(low), float(high), tuple(float(v) for v in grid),
+                            bool(spec.get("log", True))))
+    table["space"] = tuple(params)
+    return table
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
 
 
@@ -122,7 +147,7 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
     if not (isinstance(tasks_raw, list) and tasks_raw):
         raise BenchError(f"{origin}: no [[tasks]]")
     tasks = tuple(_build(f"{origin} task {i + 1}", Task,
-                         _check_keys(f"{origin} task {i + 1}", t, TASK_KEYS))
+                         _task_table(f"{origin} task {i + 1}", t))
                   for i, t in enumerate(tasks_raw))
     if len({t.name for t in tasks}) != len(tasks):
         raise BenchError(f"{origin}: two tasks share a name; set `name` to tell them apart")

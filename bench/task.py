@@ -14,6 +14,7 @@ from bench.data import dataset_info, load_dataset, prepare_images, stratified_in
 from bench.errors import BenchError
 from bench.network import Network
 from bench.regularizers import regularizer_class
+from bench.space import LR, Param
 from bench.train import Split
 
 VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
@@ -33,11 +34,17 @@ class Task:
     batch_size: int = 32
     test_limit: int | None = None
     name: str = ""
+    space: tuple[Param, ...] = ()  # overrides of the default search space, by name
+    cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)
         info = backbone_info(self.backbone)
-        regularizer_class(self.regularizer)
+        defaults = {p.name for p in (LR, *regularizer_class(self.regularizer).space)}
+        for param in self.space:
+            if param.name not in defaults:
+                raise BenchError(f"task space: {self.regularizer} with lr has no hyperparameter "
+                                 f"{param.name!r}; it has: {', '.join(sorted(defaults))}")
         if self.image_size is None:
             object.__setattr__(self, "image_size", info.default_size)
         info.check_image_size(self.image_size)
@@ -46,10 +53,19 @@ class Task:
         if self.steps < 1 or self.batch_size < 1:
             raise BenchError(f"task steps and batch_size must be >= 1, got {self.steps}, "
                              f"{self.batch_size}")
+        if self.cap_s is not None and not (isinstance(self.cap_s, (int, float))
+                                           and 0 < self.cap_s < float("inf")):
+            raise BenchError(f"task cap_s must be a number > 0, got {self.cap_s!r}")
         if self.test_limit is not None and self.test_limit < 1:
             raise BenchError(f"test_limit must be >= 1, got {self.test_limit}")
         if not self.name:
             object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}")
+
+    def search_space(self) -> tuple[Param, ...]:
+        """The learning rate and the regularizer's hyperparameters, with overrides."""
+        override = {p.name: p for p in self.space}
+        defaults = (LR, *regularizer_class(self.regularizer).space)
+        return tuple(override.get(p.name, p) for p in defaults)
 
     def check_data(self) -> None:
         """Load the data set (slow) and check N fits its training pool."""
