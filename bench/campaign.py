@@ -153,7 +153,8 @@ class Campaign:
 def run_inline(campaign: Campaign) -> None:
     """Run a campaign's trials one after another in this process."""
     spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
-                     threads=max(1, int(campaign.budget.cpus_per_worker)))
+                     threads=max(1, int(campaign.budget.cpus_per_worker)),
+                     gpus=campaign.budget.gpus_per_worker)
     for number in itertools.count():
         trial_id = f"t{number:04d}"
         config = campaign.next_config(trial_id)

@@ -51,6 +51,12 @@ class Network:
         return tuple(f"{m}.weight" if m else "weight"
                      for m, mod in self.model.named_modules() if isinstance(mod, kinds))
 
+    def to(self, device) -> "Network":
+        """Move the model and mu0 to ``device`` (in place); returns self."""
+        self.model.to(device)
+        self.mu0 = {n: t.to(device) for n, t in self.mu0.items()}
+        return self
+
     def mu0_vector(self) -> torch.Tensor:
         """The pretrained backbone weights as one flat vector, in parameter order."""
         return torch.cat([self.mu0[n].flatten() for n, _ in self.backbone_parameters()])

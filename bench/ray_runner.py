@@ -55,7 +55,7 @@ def run_campaign(campaign: Campaign, storage: str) -> None:
     """Run every trial of one campaign on the Ray cluster ``ray.init`` connected to."""
     budget = campaign.budget
     spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
-                     threads=max(1, int(budget.cpus_per_worker)))
+                     threads=max(1, int(budget.cpus_per_worker)), gpus=budget.gpus_per_worker)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec),
         {"cpu": budget.cpus_per_worker, "gpu": budget.gpus_per_worker})

@@ -99,14 +99,24 @@ class TaskData:
     train: Split
     test: Split
     num_classes: int
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device) -> TaskData:
+        """The same data on ``device``; networks it makes land there too."""
+        if torch.device(device) == self.train[0].device:
+            return self
+        moved = [tuple(t.to(device) for t in split) for split in (self.train, self.test)]
+        return TaskData(self.task, self.seed, *moved, self.num_classes, torch.device(device))
 
     def split(self, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split]:
         """The stratified train/validation split of the N examples for this seed."""
         x, y = self.train
-        tr, va = stratified_split(y, val_fraction, self.seed)
+        tr, va = stratified_split(y.cpu(), val_fraction, self.seed)
+        tr, va = tr.to(y.device), va.to(y.device)
         return (x[tr], y[tr]), (x[va], y[va])
 
     def network(self) -> Network:
         """A fresh pretrained backbone with a new head, initialised from the seed."""
         with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
-            return build_backbone(self.task.backbone, self.num_classes, self.seed)
+            net = build_backbone(self.task.backbone, self.num_classes, self.seed)
+        return net.to(self.device)

@@ -18,9 +18,16 @@ from bench.task import Task
 
 
 @functools.lru_cache(maxsize=4)
-def task_data(task: Task, seed: int):
+def task_data(task: Task, seed: int, device: str = "cpu"):
     """Prepared tensors, kept in the (reused) worker process across trials."""
-    return task.load(seed)
+    return task.load(seed).to(device)
+
+
+def trial_device(gpus: float) -> str:
+    """The GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import torch
+
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class TrialSpec:
     seed: int
     method: Method
     threads: int
+    gpus: float = 0.0
 
 
 def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -> dict:
@@ -41,7 +49,7 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
     kind, hp = config["kind"], config["hp"]
     final = {"phase": "final", S.NODE: socket.gethostname()}
     try:
-        data = task_data(spec.task, spec.seed)
+        data = task_data(spec.task, spec.seed, trial_device(spec.gpus))
         if kind == S.SEARCH:
             train, held_out = data.split()
             fit_data = FitData(spec.task, spec.seed, train, held_out, data.num_classes,

@@ -98,6 +98,17 @@ BAD_SUITES = [
     ("[methods.grid]\nmax_trails = 3\n", "unexpected keyword argument 'max_trails'"),
     ("[methods.tpe-prune]\npruner = 'magic'\n", "unknown pruner 'magic'"),
     ("[[tasks]]\ndataset = 'digits'\nn = 99999\nbackbone = 'small-cnn'\n", "exceeds the 1438"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
+     "lr = { grid = [] }\n", "grid must be a non-empty list"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
+     "gamma = { grid = [1.0] }\n", "no hyperparameter 'gamma'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
+     "lr = { low = 0.1, high = 0.01, grid = [0.1] }\n", "bad range for lr"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
+     "alpha = { grid = [0.0, 1e-3] }\n", "must be positive"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\ncap_s = -1\n",
+     "task cap_s must be a number > 0"),
+    ("seeds = []\n", "seeds must be a non-empty list"),
     ("[budget]\ngpus_per_worker = 0.25\n", "no GPU"),
     ("[budget]\nworkers = 64\n", "Ray cluster has 2"),
 ]
