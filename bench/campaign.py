@@ -36,6 +36,7 @@ class Campaign:
         self.best: tuple[float, str] | None = None
         self.spent_s = 0.0
         self.method_done = False
+        self.number = 0  # position in the suite, set when it starts
         self.cap_s = task.cap_s or budget.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
         method.start(Context(task, search_space(task), seed, self.cap_s, budget.workers))
@@ -48,6 +49,11 @@ class Campaign:
         done = {r[S.TRIAL_ID] for r in self.rows}
         return [t for t, (kind, _, _) in self.kinds.items()
                 if kind != S.RETRAIN and t not in done]
+
+    def running(self) -> list[str]:
+        """Trials started or pending, of any kind, not yet complete."""
+        done = {r[S.TRIAL_ID] for r in self.rows}
+        return [t for t in self.kinds if t not in done]
 
     def tuning_spent(self) -> float:
         """Finished tuning trials' compute plus what running ones have used so far."""

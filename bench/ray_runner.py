@@ -1,9 +1,9 @@
-"""Runs one campaign on Ray Tune.
+"""Runs a suite's campaigns on Ray Tune.
 
-The method stays Ray-free: a Tune ``Searcher`` asks the campaign for configurations (its
-method's suggestions and the retraining of incumbents), a FIFO ``TrialScheduler`` passes
-per-epoch reports to it (pruning; stopping trials once tuning compute reaches the cap), and
-the trainable runs ``bench.trial.execute_trial`` on a worker.
+Methods stay Ray-free: a Tune ``Searcher`` asks the campaigns for configurations (their
+methods' suggestions and the retraining of incumbents), a FIFO ``TrialScheduler`` passes
+per-epoch reports to them (pruning; stopping trials once tuning compute reaches the cap),
+and the trainable runs ``bench.trial.execute_trial`` on a worker.
 """
 
 from __future__ import annotations
@@ -12,61 +12,118 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
+from typing import Callable
+
 from bench.campaign import Campaign
+from bench.method import FINISHED
+from bench.suite import Budget
 from bench.trial import TrialSpec, execute_trial
 
 
-def run_trial(config: dict, spec: TrialSpec) -> None:
+def run_trial(config: dict, specs: list[TrialSpec]) -> None:
     """The Tune trainable. Ray stops a trial at a report, so ``emit`` never says stop."""
+    spec = specs[config["campaign"]]
     final = execute_trial(config, spec, lambda result: tune.report(result) and False)
     tune.report(final)
 
 
-class _MethodSearcher(Searcher):
-    def __init__(self, campaign: Campaign) -> None:
-        super().__init__()
-        self.campaign = campaign
+class CampaignQueue:
+    """The suite's campaigns in order. The next campaign starts as soon as the running ones
+    have no trial to offer, so workers idle while a campaign drains its last trials are
+    given to the next one; each campaign still runs at most ``workers`` trials at once."""
+
+    def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None) -> None:
+        self.plans = plans
+        self.on_start, self.on_done = on_start, on_done
+        self.active: list[tuple[int, Campaign]] = []
+        self.exhausted: set[int] = set()
+        self.next_plan = 0
+        self.owner: dict[str, tuple[int, Campaign]] = {}
 
     def suggest(self, trial_id: str):
-        return self.campaign.next_config(trial_id)
+        for idx, campaign in list(self.active):
+            if idx in self.exhausted:
+                continue
+            config = campaign.next_config(trial_id)
+            if config == FINISHED:
+                self.exhausted.add(idx)
+                self._maybe_done(idx, campaign)
+            elif config is not None:
+                self.owner[trial_id] = (idx, campaign)
+                return {"campaign": idx, **config}
+        if self.next_plan < len(self.plans):
+            idx, self.next_plan = self.next_plan, self.next_plan + 1
+            campaign = self.plans[idx]()
+            self.active.append((idx, campaign))
+            if self.on_start:
+                self.on_start(campaign)
+            return self.suggest(trial_id)
+        return None if self.active else FINISHED
+
+    def started(self, trial_id: str) -> None:
+        if trial_id in self.owner:
+            self.owner[trial_id][1].trial_started(trial_id)
+
+    def report(self, trial_id: str, result: dict) -> str:
+        return self.owner[trial_id][1].trial_report(trial_id, result)
+
+    def complete(self, trial_id: str, result, error: bool) -> None:
+        if trial_id not in self.owner:
+            return
+        idx, campaign = self.owner[trial_id]
+        campaign.trial_complete(trial_id, result, error)
+        self._maybe_done(idx, campaign)
+
+    def _maybe_done(self, idx: int, campaign: Campaign) -> None:
+        if idx in self.exhausted and not campaign.running() and (idx, campaign) in self.active:
+            self.active.remove((idx, campaign))
+            if self.on_done:
+                self.on_done(campaign)
+
+
+class _QueueSearcher(Searcher):
+    def __init__(self, queue: CampaignQueue) -> None:
+        super().__init__()
+        self.queue = queue
+
+    def suggest(self, trial_id: str):
+        return self.queue.suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        self.campaign.trial_complete(trial_id, result, error)
+        self.queue.complete(trial_id, result, error)
 
 
-class _MethodScheduler(FIFOScheduler):
-    def __init__(self, campaign: Campaign) -> None:
+class _QueueScheduler(FIFOScheduler):
+    def __init__(self, queue: CampaignQueue) -> None:
         super().__init__()
-        self.campaign = campaign
+        self.queue = queue
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
-        return self.campaign.trial_report(trial.trial_id, result)
+        return self.queue.report(trial.trial_id, result)
 
 
 class _StartTimes(tune.Callback):
-    def __init__(self, campaign: Campaign) -> None:
-        self.campaign = campaign
+    def __init__(self, queue: CampaignQueue) -> None:
+        self.queue = queue
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.campaign.trial_started(trial.trial_id)
+        self.queue.started(trial.trial_id)
 
 
-def run_campaign(campaign: Campaign, storage: str) -> None:
-    """Run every trial of one campaign on the Ray cluster ``ray.init`` connected to."""
-    budget = campaign.budget
-    spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
-                     threads=max(1, int(budget.cpus_per_worker)), gpus=budget.gpus_per_worker)
+def run_campaigns(queue: CampaignQueue, specs: list[TrialSpec], budget: Budget,
+                  storage: str) -> None:
+    """Run every campaign of ``queue`` in one Tune experiment on the Ray cluster that
+    ``ray.init`` connected to, reusing the worker processes from campaign to campaign."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec),
+        tune.with_parameters(run_trial, specs=specs),
         {"cpu": budget.cpus_per_worker, "gpu": budget.gpus_per_worker})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_MethodSearcher(campaign), scheduler=_MethodScheduler(campaign),
+            search_alg=_QueueSearcher(queue), scheduler=_QueueScheduler(queue),
             num_samples=-1, max_concurrent_trials=budget.workers, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{campaign.task.name}-{campaign.label}-{campaign.seed}",
-            storage_path=storage, verbose=0, callbacks=[_StartTimes(campaign)],
+            name="suite", storage_path=storage, verbose=0, callbacks=[_StartTimes(queue)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     tuner.fit()

@@ -74,15 +74,22 @@ class Progress:
 
     def campaign(self, campaign) -> None:
         self.index += 1
+        campaign.number = self.index
         self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: start")
+
+    def done(self, campaign) -> None:
+        tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
+        self._say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
+                  f"seed {campaign.seed}: done, {len(tuning)} trials, "
+                  f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s")
 
     def record(self, campaign, row: dict) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
         best = f"{campaign.best[0]:.4f}" if campaign.best else "-"
         score = row.get(S.VAL_NLL) if row[S.KIND] == S.SEARCH else row.get(S.TEST_ACC)
         what = f"{row[S.KIND]} {row[S.STATUS]}" + (f" {score:.4f}" if score is not None else "")
-        self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
+        self._say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: {what} | {len(tuning)} trials, "
                   f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
                   f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
@@ -114,7 +121,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     import ray
 
     from bench.campaign import Campaign
-    from bench.ray_runner import run_campaign
+    from bench.ray_runner import CampaignQueue, run_campaigns
+    from bench.trial import TrialSpec
 
     out = Path(out)
     check_output_dir(out)
@@ -135,21 +143,29 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json(out / S.METADATA_FILE, metadata)
         show = Progress(suite, progress)
-        rows: list[dict] = []
-        reports: list[dict] = []
-        storage = os.path.join(temp_dir, "tune")
-        for task in suite.tasks:
-            for seed in suite.seeds:
-                for spec in suite.methods:
-                    campaign = Campaign(suite.name, task, spec.label, spec.build(), seed,
-                                        suite.budget, clock0, on_record=show.record)
-                    show.campaign(campaign)
-                    run_campaign(campaign, storage)
-                    rows += campaign.rows
-                    reports += campaign.reports
-                    # after every campaign, so an interrupted suite keeps what it finished
-                    write_table(out / S.TRIALS_FILE, frame(rows, S.TRIAL_COLUMNS))
-                    write_table(out / S.REPORTS_FILE, frame(reports, S.REPORT_COLUMNS))
+        plans = [(task, seed, spec) for task in suite.tasks for seed in suite.seeds
+                 for spec in suite.methods]
+        threads = max(1, int(suite.budget.cpus_per_worker))
+        specs = [TrialSpec(task, seed, spec.build(), threads, suite.budget.gpus_per_worker)
+                 for task, seed, spec in plans]
+        finished: list = []
+
+        def make(task, seed, spec):
+            return lambda: Campaign(suite.name, task, spec.label, spec.build(), seed,
+                                    suite.budget, clock0, on_record=show.record)
+
+        def done(campaign) -> None:  # records after every campaign: a stop keeps them
+            finished.append(campaign)
+            show.done(campaign)
+            write_table(out / S.TRIALS_FILE,
+                        frame([r for c in finished for r in c.rows], S.TRIAL_COLUMNS))
+            write_table(out / S.REPORTS_FILE,
+                        frame([r for c in finished for r in c.reports], S.REPORT_COLUMNS))
+
+        queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done)
+        run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"))
+        for _, campaign in list(queue.active):  # Tune ended early: keep what ran
+            done(campaign)
         metadata |= {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "suite_wall_s": time.perf_counter() - clock0}
         write_json(out / S.METADATA_FILE, metadata)

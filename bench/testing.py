@@ -13,6 +13,7 @@ Raises AssertionError naming the first broken rule.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -30,10 +31,17 @@ TINY_TASK = Task(dataset="digits", n=60, backbone="small-cnn", image_size=8, ste
 _writes: list[str] | None = None  # files opened for writing while a hook runs
 
 
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
 def _audit(event: str, args: tuple) -> None:
-    if _writes is not None and event == "open" and len(args) > 1 and isinstance(args[1], str) \
-            and any(c in args[1] for c in "wax+"):
-        _writes.append(str(args[0]))
+    """Notes every file opened for writing, by open() (a mode) or os.open() (flags)."""
+    if _writes is None or event != "open" or len(args) < 3:
+        return
+    path, mode, flags = args[0], args[1], args[2]
+    if (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS):
+        _writes.append(str(path))
 
 
 sys.addaudithook(_audit)  # audit hooks cannot be removed; this one is idle by default
