@@ -14,6 +14,7 @@ def test_weight_decay_penalty_by_hand(tiny_net):
     assert WeightDecay(beta=0.0).penalty(tiny_net) is None
 
 
+@torch.no_grad()
 def test_l2sp_penalty_by_hand(tiny_net):
     m = tiny_net.model
     bb = sum(float(((p - tiny_net.mu0[n]) ** 2).sum()) for n, p in
