@@ -52,6 +52,7 @@ def test_mars_sp_leaves_rows_inside_the_ball_alone(tiny_net):
     assert torch.equal(tiny_net.model[0].weight, w_before)
 
 
+@torch.no_grad()
 def test_mars_sp_frobenius_bounds_each_layer(tiny_net):
     with torch.no_grad():
         MarsSPFrobenius(lambda_bb=0.3, lambda_head=0.1).project(tiny_net)
