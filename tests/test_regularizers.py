@@ -60,6 +60,7 @@ def test_mars_sp_frobenius_bounds_each_layer(tiny_net):
     assert float(tiny_net.model[1].weight.norm()) <= 0.1 + 1e-5
 
 
+@torch.no_grad()
 def test_layerwise_radius_grows_with_depth_on_a_real_backbone():
     net = build_backbone("efficientnet-lite0", 10, seed=0)
     params = dict(net.model.named_parameters())
