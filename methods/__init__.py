@@ -2,5 +2,7 @@
 choose among a small learning-rate sweep by their own objective."""
 
 from methods._de_elbo import DEELBo, PlainELBo
+from methods._laplace import LaplaceMarglik
+from methods._ntk import NTKMarglik
 
-__all__ = ["DEELBo", "PlainELBo"]
+__all__ = ["DEELBo", "LaplaceMarglik", "NTKMarglik", "PlainELBo"]

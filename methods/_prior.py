@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -235,9 +235,11 @@ def marglik_fit(net: Network, train: Split, estimator: Estimator, groups: PriorG
 
 
 class MarglikMethod(Method):
-    """Base of the two marginal-likelihood methods: a learning-rate sweep of runs on all N
-    (no validation split), each chosen by its own objective. Subclasses set ``name`` and
-    ``make_estimator()``; their constructors store the options named in ``_options``."""
+    """Base of the two marginal-likelihood methods: a learning-rate sweep (``lrs``, in
+    order) of runs on all N (no validation split). A run's objective is
+    −(best round's log marginal likelihood)/N, the value at the parameters it returns;
+    the harness keeps the run with the lowest. Subclasses set ``name``, store their
+    options in ``__init__`` and build the estimator in ``make_estimator()``."""
 
     uses_validation: ClassVar[bool] = False
 
@@ -291,5 +293,3 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise BenchError(f"{name} must be one of {choices}, got {value!r}")
 
-
-Callback = Callable[[int, dict], bool]

@@ -13,6 +13,7 @@ from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.toml"
+LEARNED_METHODS = {"de-elbo", "elbo", "laplace-marglik", "ntk-marglik"}
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,13 @@ def test_smoke_suite_writes_records_plot_and_report(smoke_run):
         assert (smoke_run / name).stat().st_size > 0, name
     trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
     assert list(trials.columns) == list(S.TRIAL_COLUMNS)
-    assert set(trials[S.METHOD]) == {"grid", "random", "tpe", "tpe-prune", "de-elbo", "elbo"}
+    assert set(trials[S.METHOD]) == {"grid", "random", "tpe", "tpe-prune"} | LEARNED_METHODS
     learned = trials[trials[S.KIND] == S.LEARNED]
-    assert set(learned[S.METHOD]) == {"de-elbo", "elbo"} and (learned[S.STATUS] == S.OK).all()
+    assert set(learned[S.METHOD]) == LEARNED_METHODS and (learned[S.STATUS] == S.OK).all()
     assert learned[S.OBJECTIVE].notna().all() and learned[S.TEST_ACC].between(0, 1).all()
     assert learned[S.VAL_NLL].isna().all()  # no validation data anywhere
-    assert all("lambda" in json.loads(info) for info in learned[S.INFO])
+    infos = {m: json.loads(i) for m, i in zip(learned[S.METHOD], learned[S.INFO])}
+    assert "lambda" in infos["de-elbo"] and "precisions" in infos["laplace-marglik"]
     search = trials[(trials[S.KIND] == S.SEARCH) & (trials[S.STATUS] == S.OK)]
     assert search[S.VAL_NLL].notna().all() and search[S.TEST_ACC].isna().all()
     retrain = trials[trials[S.KIND] == S.RETRAIN]
@@ -46,7 +48,7 @@ def test_smoke_suite_writes_records_plot_and_report(smoke_run):
     meta = json.loads((smoke_run / S.METADATA_FILE).read_text())
     assert meta["versions"]["ray"] and meta["machine"]["cpus"] and meta["budget"]["workers"] == 2
     report = (smoke_run / S.REPORT_FILE).read_text()
-    assert all(m in report for m in ("grid", "random", "tpe", "tpe-prune", "de-elbo", "elbo"))
+    assert all(m in report for m in ("grid", "random", "tpe", "tpe-prune", *LEARNED_METHODS))
 
 
 def test_pruning_method_prunes_and_reports_reach_the_records(smoke_run):
