@@ -83,22 +83,57 @@ def loop_benchmark(steps: int = 30, batch_size: int = 32, repeats: int = 3) -> l
     return rows
 
 
-def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> list[dict]:
-    """Run a suite once per pool size and print where its time went.
+def overhead_shares(run_dir) -> dict:
+    """Where a finished run's time went, as shares of its budget (wall x pool resources).
 
-    Budget = suite wall time x pool resources. Useful = training + evaluation inside trials.
-    Harness overhead = Ray start + time between trials (scheduling, idle workers while a
-    method waits or the campaign's tail drains) + records, as a share of the budget; trial
-    set-up (model build, data preparation) is shown beside it.
+    Useful = training + evaluation inside trials. Harness overhead = Ray start + the time
+    between trials (scheduling, workers idle while a method waits or the suite's last
+    trials drain) + records. Trial set-up (model build, data preparation, the worker's
+    first start) is shown beside it.
     """
-    import dataclasses
     import json
-    import tempfile
     from pathlib import Path
 
     import pandas as pd
 
     from bench import schema as S
+
+    trials = pd.read_parquet(Path(run_dir) / S.TRIALS_FILE)
+    meta = json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
+    budget = meta["budget"]
+    res = budget["cpus_per_worker"] + budget["gpus_per_worker"]
+    total = meta["suite_wall_s"] * budget["workers"] * res
+    useful = float((trials[S.TRAIN_S].fillna(0) + trials[S.EVAL_S].fillna(0)).sum()) * res
+    in_trials = float(trials[S.RESOURCE_S].sum())
+    ray_start = meta["ray_start_s"] * budget["workers"] * res
+    return {"workers": budget["workers"], "trials": len(trials), "wall_s": meta["suite_wall_s"],
+            "trials_per_hour": len(trials) / meta["suite_wall_s"] * 3600,
+            "ray_start_share": ray_start / total,
+            "between_trials_share": (total - in_trials - ray_start) / total,
+            "trial_setup_share": (in_trials - useful) / total,
+            "useful_share": useful / total}
+
+
+def print_overhead(name: str, rows: list[dict]) -> None:
+    print(f"suite {name}; torch {torch.__version__}")
+    print(f"{'workers':>7} {'trials':>6} {'wall s':>8} {'trials/h':>9} {'Ray start':>10} "
+          f"{'between':>8} {'harness':>8} {'setup':>7} {'useful':>7}")
+    for r in rows:
+        harness = r["ray_start_share"] + r["between_trials_share"]
+        print(f"{r['workers']:7d} {r['trials']:6d} {r['wall_s']:8.1f} {r['trials_per_hour']:9.1f} "
+              f"{r['ray_start_share']:10.1%} {r['between_trials_share']:8.1%} {harness:8.1%} "
+              f"{r['trial_setup_share']:7.1%} {r['useful_share']:7.1%}")
+    if len(rows) > 1:
+        print(f"throughput {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
+              f"{rows[-1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}x")
+
+
+def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> list[dict]:
+    """Run a suite once per pool size (1 CPU per worker) and print ``overhead_shares``."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
     from bench.run import run_suite
     from bench.suite import load_suite
 
@@ -106,32 +141,9 @@ def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> lis
     rows = []
     for w in workers:
         budget = dataclasses.replace(suite.budget, workers=w, cpus_per_worker=1.0)
-        run = dataclasses.replace(suite, budget=budget)
         with tempfile.TemporaryDirectory() as tmp:
-            out = run_suite(run, Path(tmp) / "run", progress=False)
-            trials = pd.read_parquet(out / S.TRIALS_FILE)
-            meta = json.loads((out / S.METADATA_FILE).read_text())
-        wall = meta["suite_wall_s"]
-        pool = w * budget.resources_per_worker
-        res = budget.resources_per_worker
-        useful = float((trials[S.TRAIN_S].fillna(0) + trials[S.EVAL_S].fillna(0)).sum()) * res
-        in_trials = float(trials[S.RESOURCE_S].sum())
-        row = {"workers": w, "trials": len(trials), "wall_s": wall,
-               "trials_per_hour": len(trials) / wall * 3600,
-               "ray_start_share": meta["ray_start_s"] * pool / (wall * pool),
-               "between_trials_share": (wall * pool - in_trials) / (wall * pool),
-               "trial_setup_share": (in_trials - useful) / (wall * pool),
-               "useful_share": useful / (wall * pool)}
-        rows.append(row)
-    print(f"suite {suite.name}: {len(suite.tasks)} task(s), {len(suite.methods)} method(s), "
-          f"{len(suite.seeds)} seed(s); torch {torch.__version__}")
-    print(f"{'workers':>7} {'trials':>6} {'wall s':>8} {'trials/h':>9} {'Ray start':>10} "
-          f"{'between':>8} {'setup':>7} {'useful':>7}")
-    for r in rows:
-        print(f"{r['workers']:7d} {r['trials']:6d} {r['wall_s']:8.1f} {r['trials_per_hour']:9.1f} "
-              f"{r['ray_start_share']:10.1%} {r['between_trials_share']:8.1%} "
-              f"{r['trial_setup_share']:7.1%} {r['useful_share']:7.1%}")
-    if len(rows) > 1:
-        print(f"throughput {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
-              f"{rows[-1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}x")
+            out = run_suite(dataclasses.replace(suite, budget=budget), Path(tmp) / "run",
+                            progress=False)
+            rows.append(overhead_shares(out))
+    print_overhead(suite.name, rows)
     return rows

@@ -102,6 +102,8 @@ def _cmd_benchmark(args) -> int:
     if args.what == "loop":
         benchmarks.loop_benchmark(steps=args.steps, batch_size=args.batch_size,
                                   repeats=args.repeats)
+    elif args.run_dir:
+        benchmarks.print_overhead(args.run_dir, [benchmarks.overhead_shares(args.run_dir)])
     else:
         benchmarks.harness_benchmark(args.suite, workers=tuple(args.workers))
     return 0
@@ -210,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="suites/overhead.toml", help="harness: the suite to time")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
+    p.add_argument("--run-dir", default=None,
+                   help="harness: analyse this finished run instead of running the suite")
     p.set_defaults(func=_cmd_benchmark)
     return parser
 

@@ -99,7 +99,7 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _start_ray(address: str | None, temp_dir: str, suite: Suite) -> float:
+def _start_ray(address: str | None, temp_dir: str) -> float:
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -132,7 +132,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
     clock0 = time.perf_counter()
     try:
-        ray_start_s = _start_ray(address, temp_dir, suite)
+        ray_start_s = _start_ray(address, temp_dir)
         check_resources(suite, ray.cluster_resources())
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / S.SUITE_FILE, suite.source)
