@@ -1,4 +1,5 @@
-"""Random search: the grid's space, sampled log-uniformly (uniformly where not log)."""
+"""Random search: the grid's space, sampled log-uniformly (uniformly where not log); in a
+discrete space (a replay of recorded runs), uniformly among each parameter's grid values."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from bench.method import FINISHED, Context, Method
 from bench.space import Param
 
 
-def sample(param: Param, rng: np.random.Generator) -> float:
+def sample(param: Param, rng: np.random.Generator, discrete: bool = False) -> float:
+    if discrete:
+        return float(param.grid[rng.integers(len(param.grid))])
     if param.log:
         return float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))
     return float(rng.uniform(param.low, param.high))
@@ -29,4 +32,4 @@ class RandomSearch(Method):
         if self.suggested_ >= self.trials:
             return FINISHED
         self.suggested_ += 1
-        return {p.name: sample(p, self.rng_) for p in self.context_.space}
+        return {p.name: sample(p, self.rng_, self.context_.discrete) for p in self.context_.space}

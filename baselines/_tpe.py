@@ -37,7 +37,8 @@ class TPESearch(Method):
         self.study_ = optuna.create_study(direction="minimize", sampler=sampler,
                                           pruner=self._pruner())
         self.distributions_ = {
-            p.name: optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+            p.name: optuna.distributions.CategoricalDistribution(p.grid) if context.discrete
+            else optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
             for p in context.space}
         self.running_: dict[str, optuna.trial.Trial] = {}
         self.asked_ = 0

@@ -9,6 +9,7 @@ import copy
 import itertools
 import json
 import time
+from typing import Callable
 
 from bench import schema as S
 from bench.method import FINISHED, Context, Method, Result, search_space
@@ -23,10 +24,12 @@ class Campaign:
     """Driver-side state of one (task, method, seed): trials, incumbent, compute spent."""
 
     def __init__(self, suite: str, task: Task, label: str, method: Method, seed: int,
-                 budget: Budget, clock0: float, on_record=None) -> None:
+                 budget: Budget, clock0: float, on_record=None,
+                 clock: Callable[[], float] = time.perf_counter, discrete: bool = False) -> None:
         self.suite, self.task, self.label, self.method = suite, task, label, method
         self.seed, self.budget, self.clock0 = seed, budget, clock0
         self.on_record = on_record
+        self.clock = clock  # wall time, or a replay's simulated time
         self.kinds: dict[str, tuple[str, dict, str | None]] = {}
         self.started: dict[str, float] = {}
         self.stopped_as: dict[str, str] = {}
@@ -39,7 +42,8 @@ class Campaign:
         self.number = 0  # position in the suite, set when it starts
         self.cap_s = task.cap_s or budget.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
-        method.start(Context(task, search_space(task), seed, self.cap_s, budget.workers))
+        method.start(Context(task, search_space(task), seed, self.cap_s, budget.workers,
+                             discrete))
 
     @property
     def res(self) -> float:
@@ -57,7 +61,7 @@ class Campaign:
 
     def tuning_spent(self) -> float:
         """Finished tuning trials' compute plus what running ones have used so far."""
-        now = time.perf_counter()
+        now = self.clock()
         return self.spent_s + sum((now - self.started[t]) * self.res
                                   for t in self.running_tuning() if t in self.started)
 
@@ -89,7 +93,7 @@ class Campaign:
         return FINISHED
 
     def trial_started(self, trial_id: str) -> None:
-        self.started.setdefault(trial_id, time.perf_counter())
+        self.started.setdefault(trial_id, self.clock())
 
     def trial_report(self, trial_id: str, result: dict) -> str:
         if result.get("phase") != "epoch":
@@ -108,7 +112,7 @@ class Campaign:
         return CONTINUE
 
     def trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
-        ended = time.perf_counter()
+        ended = self.clock()
         kind, hp, retrain_of = self.kinds[trial_id]
         started = self.started.get(trial_id, ended)
         result = result or {}
@@ -154,6 +158,60 @@ class Campaign:
         if self.on_record:
             self.on_record(self, row)
 
+
+
+class CampaignQueue:
+    """The suite's campaigns in order. The next campaign starts as soon as the running ones
+    have no trial to offer, so workers idle while a campaign drains its last trials are
+    given to the next one; each campaign still runs at most ``workers`` trials at once."""
+
+    def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None) -> None:
+        self.plans = plans
+        self.on_start, self.on_done = on_start, on_done
+        self.active: list[tuple[int, Campaign]] = []
+        self.exhausted: set[int] = set()
+        self.next_plan = 0
+        self.owner: dict[str, tuple[int, Campaign]] = {}
+
+    def suggest(self, trial_id: str):
+        for idx, campaign in list(self.active):
+            if idx in self.exhausted:
+                continue
+            config = campaign.next_config(trial_id)
+            if config == FINISHED:
+                self.exhausted.add(idx)
+                self._maybe_done(idx, campaign)
+            elif config is not None:
+                self.owner[trial_id] = (idx, campaign)
+                return {"campaign": idx, **config}
+        if self.next_plan < len(self.plans):
+            idx, self.next_plan = self.next_plan, self.next_plan + 1
+            campaign = self.plans[idx]()
+            self.active.append((idx, campaign))
+            if self.on_start:
+                self.on_start(campaign)
+            return self.suggest(trial_id)
+        return None if self.active else FINISHED
+
+    def started(self, trial_id: str) -> None:
+        if trial_id in self.owner:
+            self.owner[trial_id][1].trial_started(trial_id)
+
+    def report(self, trial_id: str, result: dict) -> str:
+        return self.owner[trial_id][1].trial_report(trial_id, result)
+
+    def complete(self, trial_id: str, result, error: bool) -> None:
+        if trial_id not in self.owner:
+            return
+        idx, campaign = self.owner[trial_id]
+        campaign.trial_complete(trial_id, result, error)
+        self._maybe_done(idx, campaign)
+
+    def _maybe_done(self, idx: int, campaign: Campaign) -> None:
+        if idx in self.exhausted and not campaign.running() and (idx, campaign) in self.active:
+            self.active.remove((idx, campaign))
+            if self.on_done:
+                self.on_done(campaign)
 
 
 def run_inline(campaign: Campaign) -> None:

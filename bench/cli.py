@@ -122,6 +122,23 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_replay(args) -> int:
+    from bench.replay import parse_replay_suite, run_replay
+    from bench.run import summarize
+
+    try:
+        text = Path(args.suite).read_text()
+    except OSError as err:
+        raise BenchError(f"cannot read suite {args.suite}: {err.strerror}") from None
+    suite = parse_replay_suite(text, args.suite)
+    out = Path(args.out or Path("runs") / suite.name)
+    run_replay(suite, out, progress=not args.quiet)
+    paths, report = summarize(out)
+    print(report)
+    print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     from bench import schema
     from bench.plots import plot_tradeoff
@@ -160,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "started and stopped by the harness)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("replay", help="replay search methods on recorded runs (simulated time)")
+    p.add_argument("suite", help="replay suite (TOML), e.g. suites/replay-cifar10-resnet50.toml")
+    p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot (PNG, SVG) of a run directory")
     p.add_argument("run_dir")

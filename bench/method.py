@@ -34,6 +34,8 @@ class Context:
     seed: int
     cap_s: float  # compute cap (resource-seconds) for this (task, method, seed)
     workers: int
+    #: only each parameter's grid values may be suggested (replaying recorded runs)
+    discrete: bool = False
 
 
 @dataclass(frozen=True)

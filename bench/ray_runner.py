@@ -12,10 +12,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
-from typing import Callable
-
-from bench.campaign import Campaign
-from bench.method import FINISHED
+from bench.campaign import CampaignQueue
 from bench.suite import Budget
 from bench.trial import TrialSpec, execute_trial
 
@@ -25,60 +22,6 @@ def run_trial(config: dict, specs: list[TrialSpec]) -> None:
     spec = specs[config["campaign"]]
     final = execute_trial(config, spec, lambda result: tune.report(result) and False)
     tune.report(final)
-
-
-class CampaignQueue:
-    """The suite's campaigns in order. The next campaign starts as soon as the running ones
-    have no trial to offer, so workers idle while a campaign drains its last trials are
-    given to the next one; each campaign still runs at most ``workers`` trials at once."""
-
-    def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None) -> None:
-        self.plans = plans
-        self.on_start, self.on_done = on_start, on_done
-        self.active: list[tuple[int, Campaign]] = []
-        self.exhausted: set[int] = set()
-        self.next_plan = 0
-        self.owner: dict[str, tuple[int, Campaign]] = {}
-
-    def suggest(self, trial_id: str):
-        for idx, campaign in list(self.active):
-            if idx in self.exhausted:
-                continue
-            config = campaign.next_config(trial_id)
-            if config == FINISHED:
-                self.exhausted.add(idx)
-                self._maybe_done(idx, campaign)
-            elif config is not None:
-                self.owner[trial_id] = (idx, campaign)
-                return {"campaign": idx, **config}
-        if self.next_plan < len(self.plans):
-            idx, self.next_plan = self.next_plan, self.next_plan + 1
-            campaign = self.plans[idx]()
-            self.active.append((idx, campaign))
-            if self.on_start:
-                self.on_start(campaign)
-            return self.suggest(trial_id)
-        return None if self.active else FINISHED
-
-    def started(self, trial_id: str) -> None:
-        if trial_id in self.owner:
-            self.owner[trial_id][1].trial_started(trial_id)
-
-    def report(self, trial_id: str, result: dict) -> str:
-        return self.owner[trial_id][1].trial_report(trial_id, result)
-
-    def complete(self, trial_id: str, result, error: bool) -> None:
-        if trial_id not in self.owner:
-            return
-        idx, campaign = self.owner[trial_id]
-        campaign.trial_complete(trial_id, result, error)
-        self._maybe_done(idx, campaign)
-
-    def _maybe_done(self, idx: int, campaign: Campaign) -> None:
-        if idx in self.exhausted and not campaign.running() and (idx, campaign) in self.active:
-            self.active.remove((idx, campaign))
-            if self.on_done:
-                self.on_done(campaign)
 
 
 class _QueueSearcher(Searcher):

@@ -1,0 +1,273 @@
+"""Replay: search methods run against runs already recorded, in simulated time.
+
+A trial "takes" its recorded runtime; the worker pool, the cap (checked at simulated epoch
+reports, as live) and the campaign order are those of a live run, driven by the same
+``Campaign`` and ``CampaignQueue`` code. Only the backend differs: a discrete-event
+simulation instead of Ray. Methods see a discrete space (each hyperparameter's recorded
+values), so every suggestion has a recorded run. Records come from the published DE-ELBo
+study (``published:<name>``) or from a harness run directory whose grid retrained every
+configuration (``retrain_all = true``).
+
+A replay suite is TOML:
+
+    name = "replay-cifar10-resnet50"
+    records = "published:cifar10-resnet50"   # or a run directory
+    seeds = [1001, 2001, 3001]               # the records' seeds
+    bo = true                                # add the study's BO traces (ConvNeXt only)
+
+    [budget]
+    workers = 1
+    cpus_per_worker = 1                      # recorded runs held one GPU: resource = runtime
+    cap_s = 1e12
+
+    [[tasks]]
+    name = "cifar10-resnet50-N100"           # a task of the records
+    cap_s = 40000                            # optional
+
+    [methods.grid]
+    [methods.random]
+    trials = 24
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import math
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench import schema as S
+from bench.campaign import STOP, Campaign, CampaignQueue
+from bench.errors import BenchError
+from bench.method import FINISHED
+from bench.published import SOURCES, config_key, published_bo, published_runs
+from bench.records import frame, read_trials, write_json, write_table, write_text
+from bench.space import Param
+from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys
+
+REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
+
+
+@dataclass(frozen=True)
+class RecordedTask:
+    """A task of the records: its name and the discrete space its configurations span."""
+
+    name: str
+    space: tuple[Param, ...]
+    cap_s: float | None = None
+
+    def search_space(self) -> tuple[Param, ...]:
+        return self.space
+
+
+class Recorded:
+    """Finished runs, looked up by (task, seed, kind, configuration)."""
+
+    def __init__(self, trials: pd.DataFrame) -> None:
+        ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
+        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]])
+        self.runs = {(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"]): r
+                     for r in ok.to_dict("records")}
+        self.trials = ok
+
+    def tasks(self) -> list[str]:
+        return sorted(set(self.trials[S.TASK]))
+
+    def space(self, task: str) -> tuple[Param, ...]:
+        """Each hyperparameter's recorded values (grid), over the task's search runs."""
+        runs = self.trials[(self.trials[S.TASK] == task) & (self.trials[S.KIND] == S.SEARCH)]
+        configs = [json.loads(c) for c in runs[S.CONFIG]]
+        params = []
+        for name in sorted({k for c in configs for k in c}):
+            values = sorted({float(c[name]) for c in configs if name in c}, reverse=True)
+            positive = [v for v in values if v > 0]
+            params.append(Param(name, min(positive or [1.0]), max(positive or [1.0]),
+                                tuple(values)))
+        return tuple(params)
+
+    def lookup(self, task: str, seed: int, kind: str, hp: dict) -> dict | None:
+        return self.runs.get((task, seed, kind, config_key(hp)))
+
+
+def load_records(source: str) -> pd.DataFrame:
+    if source.startswith("published:"):
+        return published_runs(source.removeprefix("published:"))
+    return read_trials(source)
+
+
+class SimulatedClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _epoch_s(run: dict) -> float:
+    info = json.loads(run.get(S.INFO) or "{}") if isinstance(run.get(S.INFO), str) else {}
+    epoch = info.get("epoch_s")
+    return epoch if epoch and epoch > 0 else run[S.WALL_S] / REPORTS_PER_TRIAL
+
+
+def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
+             clock: SimulatedClock) -> None:
+    """Run the queue's campaigns against the records: a discrete-event simulation."""
+    events: list[tuple[float, int, str, str, dict]] = []
+    order = itertools.count()
+    live: dict[str, int] = {}
+    ids = itertools.count()
+    while True:
+        config = None
+        while len(live) < workers:
+            trial_id = f"r{next(ids):06d}"
+            config = queue.suggest(trial_id)
+            if config in (None, FINISHED):
+                break
+            _, campaign = queue.owner[trial_id]
+            queue.started(trial_id)
+            run = recorded.lookup(campaign.task.name, campaign.seed, config["kind"], config["hp"])
+            live[trial_id] = 0
+            if run is None:
+                final = {"phase": "final", S.STATUS: S.FAILED, S.NODE: "replay",
+                         S.ERROR: f"no recorded {config['kind']} run for {config['hp']}"}
+                heapq.heappush(events, (clock.now, next(order), trial_id, "final", final))
+                continue
+            wall, epoch = float(run[S.WALL_S]), _epoch_s(run)
+            for k in range(1, math.ceil(wall / epoch)):
+                heapq.heappush(events, (clock.now + k * epoch, next(order), trial_id, "epoch",
+                                        {"phase": "epoch", S.STEP: k, S.NODE: "replay"}))
+            final = {"phase": "final", S.STATUS: S.OK, S.NODE: "replay",
+                     S.TRAIN_S: run.get(S.TRAIN_S), S.EVAL_S: run.get(S.EVAL_S),
+                     **{key: run.get(key) for key in (S.VAL_NLL, S.VAL_ACC, S.TEST_ACC,
+                                                      S.TEST_NLL, S.OBJECTIVE, S.STEPS_DONE)}}
+            heapq.heappush(events, (clock.now + wall, next(order), trial_id, "final", final))
+        if not live:
+            if config is None and queue.active:
+                raise RuntimeError("replay stalled: campaigns wait with nothing running")
+            return
+        at, _, trial_id, what, result = heapq.heappop(events)
+        if trial_id not in live:
+            continue  # stopped at an earlier report
+        clock.now = at
+        if what == "epoch" and queue.report(trial_id, result) != STOP:
+            continue
+        del live[trial_id]
+        queue.complete(trial_id, result, error=False)
+
+
+# ------------------------------------------------------------------ suites
+
+
+@dataclass(frozen=True)
+class ReplaySuite:
+    name: str
+    records: str
+    tasks: tuple[RecordedTask, ...]
+    methods: tuple[MethodSpec, ...]
+    seeds: tuple[int, ...]
+    budget: Budget
+    bo: bool
+    source: str
+
+
+def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise BenchError(f"{origin}: malformed TOML: {err}") from None
+    _check_keys(origin, raw, ["name", "records", "seeds", "bo", "budget", "tasks", "methods"])
+    records = raw.get("records")
+    if not isinstance(records, str):
+        raise BenchError(f"{origin}: records must name published:<{'|'.join(SOURCES)}> "
+                         "or a run directory")
+    recorded = Recorded(load_records(records))
+    seeds = raw.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise BenchError(f"{origin}: seeds must be a non-empty list of the records' seeds")
+    known_seeds = set(int(s) for s in recorded.trials[S.SEED])
+    missing = [s for s in seeds if s not in known_seeds]
+    if missing:
+        raise BenchError(f"{origin}: seed {missing[0]} is not in the records "
+                         f"(they have {sorted(known_seeds)})")
+    budget = _build(f"{origin} [budget]", Budget,
+                    _check_keys(f"{origin} [budget]", raw.get("budget", {}), BUDGET_KEYS))
+    tasks = []
+    for i, table in enumerate(raw.get("tasks") or []):
+        table = _check_keys(f"{origin} task {i + 1}", table, ["name", "cap_s"])
+        name = table.get("name")
+        if name not in recorded.tasks():
+            raise BenchError(f"{origin}: unknown recorded task {name!r}; the records have: "
+                             f"{', '.join(recorded.tasks())}")
+        cap = table.get("cap_s")
+        if cap is not None and not (isinstance(cap, (int, float)) and cap > 0):
+            raise BenchError(f"{origin} task {name}: cap_s must be a number > 0")
+        tasks.append(RecordedTask(name, recorded.space(name), cap))
+    if not tasks:
+        raise BenchError(f"{origin}: no [[tasks]]")
+    methods = []
+    for label, options in (raw.get("methods") or {}).items():
+        options = dict(_check_keys(f"{origin} [methods.{label}]", options, options or {}))
+        spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
+        if not spec.build().uses_validation:
+            raise BenchError(f"{origin}: method {label!r} learns its hyperparameters while "
+                             "training; only search methods can be replayed")
+        methods.append(spec)
+    if not methods:
+        raise BenchError(f"{origin}: no [methods.*] tables")
+    bo = bool(raw.get("bo", False))
+    if bo and not (records.startswith("published:")
+                   and SOURCES.get(records.removeprefix("published:"), (0, 0, None))[2]):
+        raise BenchError(f"{origin}: bo = true needs published ConvNeXt records")
+    return ReplaySuite(str(raw.get("name", Path(origin).stem)), records, tuple(tasks),
+                       tuple(methods), tuple(seeds), budget, bo, text)
+
+
+def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
+    """Replay ``suite`` into ``out`` (records, metadata), like ``bench.run.run_suite``."""
+    from bench.run import Progress, _machine, _versions, check_output_dir
+
+    out = Path(out)
+    check_output_dir(out)
+    recorded = Recorded(load_records(suite.records))
+    clock = SimulatedClock()
+    started = time.perf_counter()
+    show = Progress(suite, progress)
+    plans = [(task, seed, spec) for task in suite.tasks for seed in suite.seeds
+             for spec in suite.methods]
+    finished: list[Campaign] = []
+
+    def make(task, seed, spec):
+        return lambda: Campaign(suite.name, task, spec.label, spec.build(), seed, suite.budget,
+                                0.0, on_record=show.record, clock=clock, discrete=True)
+
+    def done(campaign: Campaign) -> None:
+        finished.append(campaign)
+        show.done(campaign)
+
+    queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done)
+    simulate(queue, recorded, suite.budget.workers, clock)
+    rows = [r for c in finished for r in c.rows]
+    trials = frame(rows, S.TRIAL_COLUMNS)
+    if suite.bo:
+        bo = published_bo(suite.records.removeprefix("published:"))
+        names = {t.name for t in suite.tasks}
+        bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
+        trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name})], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / S.SUITE_FILE, suite.source)
+    write_table(out / S.TRIALS_FILE, trials)
+    write_table(out / S.REPORTS_FILE, frame([r for c in finished for r in c.reports],
+                                            S.REPORT_COLUMNS))
+    write_json(out / S.METADATA_FILE, {
+        "suite": suite.name, "backend": "replay", "records": suite.records,
+        "command": " ".join(sys.argv), "versions": _versions(), "machine": _machine(),
+        "budget": vars(suite.budget), "seeds": list(suite.seeds),
+        "simulated_s": clock.now, "replay_wall_s": time.perf_counter() - started})
+    return out
