@@ -41,6 +41,14 @@ def _cmd_list(args) -> int:
             print(f"{info.name:20} offline  {info.description}; default {info.default_size}px, "
                   f"min {info.min_size}px")
         print(f"{'tv:<arch>':20} online   any torchvision classification model, e.g. tv:resnet50")
+    elif args.what == "methods":
+        from bench.plugins import available_methods, method_class
+
+        for name in sorted(available_methods()):
+            cls = method_class(name)
+            kind = "search " if cls.uses_validation else "learned"
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+            print(f"{name:16} {kind}  {doc.splitlines()[0] if doc else ''}")
     else:
         from bench.regularizers import REGULARIZERS
 
@@ -197,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", required=True, help="as CSV (the one format)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("list", help="list data sets, backbones or regularizers")
-    p.add_argument("what", choices=["datasets", "backbones", "regularizers"])
+    p = sub.add_parser("list", help="list data sets, backbones, regularizers or methods")
+    p.add_argument("what", choices=["datasets", "backbones", "regularizers", "methods"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("train", help="one fine-tuning run; prints the final test metrics")
