@@ -49,15 +49,14 @@ class Campaign:
     def res(self) -> float:
         return self.budget.resources_per_worker
 
-    def running_tuning(self) -> list[str]:
-        done = {r[S.TRIAL_ID] for r in self.rows}
-        return [t for t, (kind, _, _) in self.kinds.items()
-                if kind != S.RETRAIN and t not in done]
-
     def running(self) -> list[str]:
         """Trials started or pending, of any kind, not yet complete."""
         done = {r[S.TRIAL_ID] for r in self.rows}
         return [t for t in self.kinds if t not in done]
+
+    def running_tuning(self) -> list[str]:
+        """Running trials that count against the cap (all but retrains)."""
+        return [t for t in self.running() if self.kinds[t][0] != S.RETRAIN]
 
     def tuning_spent(self) -> float:
         """Finished tuning trials' compute plus what running ones have used so far."""

@@ -1,0 +1,110 @@
+"""Beyond one machine: a real multi-node Ray cluster on loopback, and GPU budgets."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import schema as S
+from bench.campaign import Campaign
+from bench.cli import main
+from bench.errors import BenchError
+from bench.run import check_resources
+from bench.suite import Budget, parse_suite
+from bench.task import Task
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, timeout: float = 120) -> None:
+    subprocess.run([RAY, *args], check=True, capture_output=True, timeout=timeout)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A head and one worker node, each with one CPU, on this machine; torn down after."""
+    port = _free_port()
+    temp = Path("/tmp") / f"bench-cl-{port}"  # short: Ray's socket paths are bounded
+    try:
+        _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+             f"--temp-dir={temp}", "--disable-usage-stats")
+        _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats")
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_smoke_suite_runs_on_a_two_node_cluster(two_node_cluster, tmp_path):
+    out = tmp_path / "out"
+    suite = (ROOT / "suites" / "smoke.toml").read_text()
+    suite = suite.split("[methods.tpe]")[0]  # grid and random: enough trials for both nodes
+    (tmp_path / "cluster.toml").write_text(suite)
+    started = time.perf_counter()
+    assert main(["run", str(tmp_path / "cluster.toml"), "--out", str(out), "--quiet",
+                 "--address", two_node_cluster]) == 0
+    assert time.perf_counter() - started < 300
+    trials = pd.read_parquet(out / S.TRIALS_FILE)
+    assert (trials[S.STATUS] == S.OK).all()
+    nodes = set(trials[S.NODE])
+    assert len(nodes) == 2, nodes  # each node ran trials
+    assert trials[S.NODE].notna().all() and (trials[S.RESOURCE_S] > 0).all()
+    meta = json.loads((out / S.METADATA_FILE).read_text())
+    assert meta["ray_address"] == two_node_cluster
+
+
+def test_fractional_gpu_budgets_fit_the_cluster_arithmetic():
+    four = Budget(workers=4, cpus_per_worker=1, gpus_per_worker=0.25)
+    suite = parse_suite('[[tasks]]\ndataset="digits"\nn=20\nbackbone="small-cnn"\n'
+                        '[methods.grid]\n')
+    import dataclasses
+
+    fits = dataclasses.replace(suite, budget=four)
+    check_resources(fits, {"CPU": 4.0, "GPU": 1.0})  # four trials share one GPU
+    with pytest.raises(BenchError, match=r"needs 5 x 0.25 GPUs but the Ray cluster has 1"):
+        check_resources(dataclasses.replace(suite, budget=dataclasses.replace(four, workers=5)),
+                        {"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(BenchError, match="has no GPU"):
+        check_resources(fits, {"CPU": 4.0})
+    assert four.resources_per_worker == 1.25
+
+
+def test_resource_seconds_count_cpu_and_gpu_apart():
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    task = Task("digits", 20, "small-cnn", image_size=8)
+    from baselines import GridSearch
+
+    campaign = Campaign("s", task, "grid", GridSearch(max_trials=1), 0,
+                        Budget(workers=4, cpus_per_worker=2, gpus_per_worker=0.25, cap_s=100),
+                        0.0, clock=clock)
+    config = campaign.next_config("t1")
+    campaign.trial_started("t1")
+    clock.now = 10.0
+    campaign.trial_complete("t1", {"phase": "final", S.STATUS: S.OK, S.VAL_NLL: 1.0,
+                                   S.TRAIN_S: 8.0, S.EVAL_S: 1.0}, error=False)
+    row = campaign.rows[0]
+    assert config["kind"] == S.SEARCH
+    assert row[S.WALL_S] == 10.0 and row[S.CPU_S] == 20.0 and row[S.GPU_S] == 2.5
+    assert row[S.RESOURCE_S] == 22.5 and row[S.OVERHEAD_S] == 1.0
+    assert campaign.spent_s == 22.5
