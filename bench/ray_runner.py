@@ -8,20 +8,30 @@ and the trainable runs ``bench.trial.execute_trial`` on a worker.
 
 from __future__ import annotations
 
+import socket
+
+import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
+from bench import schema as S
 from bench.campaign import CampaignQueue
 from bench.suite import Budget
 from bench.trial import TrialSpec, execute_trial
 
 
 def run_trial(config: dict, specs: list[TrialSpec]) -> None:
-    """The Tune trainable. Ray stops a trial at a report, so ``emit`` never says stop."""
-    spec = specs[config["campaign"]]
-    final = execute_trial(config, spec, lambda result: tune.report(result) and False)
-    tune.report(final)
+    """The Tune trainable. Ray stops a trial at a report, so ``emit`` never says stop.
+    Records name the node as ``hostname/Ray node id`` (several nodes may share a host)."""
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+    def emit(result: dict) -> bool:
+        tune.report({**result, S.NODE: node})
+        return False
+
+    final = execute_trial(config, specs[config["campaign"]], emit)
+    tune.report({**final, S.NODE: node})
 
 
 class _QueueSearcher(Searcher):
