@@ -34,8 +34,12 @@ def _ray(*args: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path):
-    """A head and one worker node, each with one CPU, on this machine; torn down after."""
+def two_node_cluster(tmp_path, monkeypatch):
+    """A head and one worker node, each with one CPU, on this machine; torn down after.
+
+    Ray >= 2.59 turns token authentication on for a new head once a token file exists,
+    and ``ray start --address`` then fails without it: this loopback cluster opts out."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     port = _free_port()
     temp = Path("/tmp") / f"bench-cl-{port}"  # short: Ray's socket paths are bounded
     try:
