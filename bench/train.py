@@ -107,6 +107,16 @@ def batch_stream(n: int, batch_size: int, generator: torch.Generator):
         pending = pending[batch_size:]
 
 
+def optimizer_step(loss, optimizer, schedule, params, clip_norm: float | None) -> None:
+    """Backward, clip the gradient norm, step the optimiser and the learning-rate schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    schedule.step()
+
+
 def fine_tune(
     net: Network,
     regularizer: Regularizer,
@@ -142,12 +152,7 @@ def fine_tune(
         penalty = regularizer.penalty(net)
         if penalty is not None:
             loss = loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, optimizer, schedule, params, config.clip_norm)
         with torch.no_grad():
             regularizer.project(net)
         loss_value = float(loss.detach())

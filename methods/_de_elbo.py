@@ -34,7 +34,7 @@ from torch.func import functional_call
 from bench import schema as S
 from bench.errors import BenchError
 from bench.method import FINISHED, Context, FitData, Fitted, Method, Report, Result
-from bench.train import TrainingDiverged, batch_stream
+from bench.train import TrainingDiverged, batch_stream, optimizer_step
 
 DATA_EMPHASIZED = "data-emphasized"
 
@@ -216,12 +216,7 @@ class DEELBo(Method):
             if not math.isfinite(last_loss):
                 raise TrainingDiverged(f"{self.name} objective is {last_loss} at step "
                                        f"{step + 1} (lr={lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, schedule, params, self.clip_norm)
             step += 1
             epoch_nll += last_nll
             epoch_loss += last_loss
