@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.method import FINISHED, Context, FitData, Fitted, Method, Report
 from bench.network import Network
-from bench.train import Split, TrainingDiverged, batch_stream
+from bench.train import Split, TrainingDiverged, batch_stream, optimizer_step
 
 LIKELIHOODS = ("classification", "regression")
 GROUPINGS = ("two", "layerwise")
@@ -186,12 +186,7 @@ def marglik_fit(net: Network, train: Split, estimator: Estimator, groups: PriorG
         started = time.perf_counter()
         idx = next(batches)
         loss = mean_nll(model(x[idx]), y[idx], likelihood, sigma_noise) + groups.penalty() / n
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, optimizer, schedule, params, clip_norm)
         run.final_loss = float(loss.detach())
         step += 1
         run.train_s += time.perf_counter() - started
