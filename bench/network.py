@@ -57,9 +57,6 @@ class Network:
         self.mu0 = {n: t.to(device) for n, t in self.mu0.items()}
         return self
 
-    def mu0_vector(self) -> torch.Tensor:
-        """The pretrained backbone weights as one flat vector, in parameter order."""
-        return torch.cat([self.mu0[n].flatten() for n, _ in self.backbone_parameters()])
 
 
 def stages_by_top_level_module(model: nn.Module, head: str) -> dict[str, int]:

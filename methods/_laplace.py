@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bench.errors import BenchError
 from bench.network import Network
 from bench.train import Split
-from methods._prior import GROUPINGS, MarglikMethod, PriorGroups, check_choice
+from methods._prior import MarglikMethod, PriorGroups, check_choice
 
 HESSIANS = ("diag", "kron", "full")
 CURVATURES = ("ef", "ggn")
@@ -214,11 +214,6 @@ class LaplaceMarglik(MarglikMethod):
         self.hyper_lr = hyper_lr
         self.prior_prec_init = prior_prec_init
         self.fit_batch_size = fit_batch_size
-
-    def start(self, context) -> None:
-        check_choice("groups", self.groups, GROUPINGS)
-        self.make_estimator()  # validates the options before any trial runs
-        super().start(context)
 
     def make_estimator(self) -> LaplaceEstimator:
         return LaplaceEstimator(self.hessian, self.curvature, self.fit_batch_size)

@@ -60,7 +60,7 @@ from torch.func import functional_call, jacrev, vmap
 from bench.errors import BenchError
 from bench.network import Network
 from bench.train import Split
-from methods._prior import GROUPINGS, MarglikMethod, PriorGroups, check_choice
+from methods._prior import MarglikMethod, PriorGroups, check_choice
 
 KERNELS = ("full", "independent", "single")
 DEFAULT_LRS = (0.1, 0.01, 1e-3, 1e-4)
@@ -295,11 +295,6 @@ class NTKMarglik(MarglikMethod):
         self.hyper_lr = hyper_lr
         self.prior_prec_init = prior_prec_init
         self.max_jacobian_mb = max_jacobian_mb
-
-    def start(self, context) -> None:
-        check_choice("groups", self.groups, GROUPINGS)
-        self.make_estimator()  # validates the options before any trial runs
-        super().start(context)
 
     def make_estimator(self) -> NTKEstimator:
         return NTKEstimator(self.subset_size, self.kernel, self.balanced, self.max_jacobian_mb)

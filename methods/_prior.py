@@ -239,6 +239,8 @@ class MarglikMethod(Method):
     uses_validation: ClassVar[bool] = False
 
     def start(self, context: Context) -> None:
+        check_choice("groups", self.groups, GROUPINGS)
+        self.make_estimator()  # validates the options before any trial runs
         super().start(context)
         if not self.lrs:
             raise BenchError(f"{self.name}: lrs must name at least one learning rate")
