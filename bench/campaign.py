@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 from bench import schema as S
+from bench.errors import BenchError
 from bench.method import FINISHED, Context, Method, Result, search_space
 from bench.suite import Budget
 from bench.task import Task
@@ -21,7 +22,17 @@ CONTINUE, STOP = "CONTINUE", "STOP"  # the same words as Ray Tune's scheduler de
 
 
 class Campaign:
-    """Driver-side state of one (task, method, seed): trials, incumbent, compute spent."""
+    """Driver-side state of one (task, method, seed): trials, incumbent, compute spent.
+
+    Trials are named by the campaign (``t0000``, ``t0001``, ...; a retrain ``t0003-retrain``),
+    not by the backend, so records of two runs line up and a resumed run goes on counting.
+    The records are deterministic for a given seed whenever the cap does not bind and the
+    method does not prune, whatever order parallel trials finish in:
+    - the incumbent, and with it which trials are retrained, is followed in trial order;
+    - a method hears results in trial order and lagged: the j-th suggestion is asked for
+      knowing exactly the results of trials 0 .. j - workers (one worker: all before it).
+    Every decision is also sent to ``log`` (the run's journal) and can be replayed
+    (``replay``) to rebuild the campaign after the driver died."""
 
     def __init__(self, suite: str, task: Task, label: str, method: Method, seed: int,
                  budget: Budget, clock0: float, on_record=None,
@@ -29,13 +40,20 @@ class Campaign:
         self.suite, self.task, self.label, self.method = suite, task, label, method
         self.seed, self.budget, self.clock0 = seed, budget, clock0
         self.on_record = on_record
+        self.log: Callable[[dict], None] | None = None  # journal, set by the queue
         self.clock = clock  # wall time, or a replay's simulated time
         self.kinds: dict[str, tuple[str, dict, str | None]] = {}
+        self.alias: dict[str, str] = {}  # backend trial id -> campaign trial id
         self.started: dict[str, float] = {}
         self.stopped_as: dict[str, str] = {}
         self.rows: list[dict] = []
         self.reports: list[dict] = []
         self.retrain_queue: list[tuple[dict, str]] = []
+        self.rerun: list[str] = []  # trials cut short by a dead driver, to run again
+        self.tuning_order: list[str] = []  # tuning trials in suggestion order
+        self.finished: dict[str, dict] = {}  # tuning rows by trial id
+        self.followed = 0  # tuning trials the incumbent has been followed through
+        self.told = 0  # tuning trials whose result the method has heard
         self.best: tuple[float, str] | None = None
         self.spent_s = 0.0
         self.method_done = False
@@ -67,57 +85,100 @@ class Campaign:
     def over_cap(self) -> bool:
         return self.tuning_spent() >= self.cap_s
 
-    # -- called by the backends (Ray or inline)
+    # -- called by the backends (Ray, replay or inline) with their own trial ids
 
     def next_config(self, trial_id: str):
+        """The next trial to run as backend trial ``trial_id``; None: ask again later."""
+        own = self._next_trial()
+        if own is None or own == FINISHED:
+            return own
+        self.alias[trial_id] = own
+        kind, hp, _ = self.kinds[own]
+        return {"kind": kind, "hp": hp, "trial": own}
+
+    def _next_trial(self):
+        if self.rerun:
+            return self.rerun.pop(0)
         if self.retrain_queue:
-            hp, of = self.retrain_queue.pop(0)
-            self.kinds[trial_id] = (S.RETRAIN, hp, of)
-            return {"kind": S.RETRAIN, "hp": hp}
+            return self._issue_retrain()
         if not self.method_done and not self.over_cap():
-            config = self.method.suggest(trial_id)
+            j = len(self.tuning_order)
+            if not self._tell_upto(j - self.budget.workers + 1):
+                return None  # wait: the j-th suggestion must know exactly trials < j - W + 1
+            config = self.method.suggest(self._tuning_id(j))
             if config is None:
+                self._tell_upto(len(self.tuning_order))  # the method waits for results
                 return None if self.running_tuning() else self._stalled()
             if config != FINISHED:
-                kind = S.SEARCH if self.method.uses_validation else S.LEARNED
-                hp = {k: float(v) for k, v in config.items()}
-                self.kinds[trial_id] = (kind, hp, None)
-                return {"kind": kind, "hp": hp}
+                return self._issue_tuning(config)
             self.method_done = True
+            self._tell_upto(len(self.tuning_order))
         # nothing new: wait while running trials may still produce an incumbent to retrain
         return None if self.running_tuning() else FINISHED
+
+    @staticmethod
+    def _tuning_id(j: int) -> str:
+        return f"t{j:04d}"
+
+    def _issue_tuning(self, config: dict) -> str:
+        own = self._tuning_id(len(self.tuning_order))
+        kind = S.SEARCH if self.method.uses_validation else S.LEARNED
+        hp = {k: float(v) for k, v in config.items()}
+        self.kinds[own] = (kind, hp, None)
+        self.tuning_order.append(own)
+        self._log({"event": "suggest", "trial": own, "hp": hp})
+        return own
+
+    def _issue_retrain(self) -> str:
+        hp, of = self.retrain_queue.pop(0)
+        own = f"{of}-retrain"
+        self.kinds[own] = (S.RETRAIN, hp, of)
+        self._log({"event": "suggest", "trial": own, "hp": hp, "retrain_of": of})
+        return own
 
     def _stalled(self):
         self.method_done = True  # waiting on nothing would spin forever
         return FINISHED
 
+    def _own(self, trial_id: str) -> str:
+        return self.alias.get(trial_id, trial_id)
+
     def trial_started(self, trial_id: str) -> None:
-        self.started.setdefault(trial_id, self.clock())
+        self.started.setdefault(self._own(trial_id), self.clock())
 
     def trial_report(self, trial_id: str, result: dict) -> str:
         if result.get("phase") != "epoch":
             return CONTINUE
-        kind, _, _ = self.kinds[trial_id]
+        own = self._own(trial_id)
+        kind, _, _ = self.kinds[own]
         metrics = {k: result[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in result}
-        self.reports.append({S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
-                             S.SEED: self.seed, S.TRIAL_ID: trial_id, S.STEP: result[S.STEP],
-                             S.EPOCH: None, **metrics})
+        report = {S.STEP: result[S.STEP], **metrics}
+        self.reports.append(self._report_row(own, report))
+        decision, asked = CONTINUE, False
         if kind != S.RETRAIN and self.over_cap():
-            self.stopped_as[trial_id] = S.OVER_BUDGET
-            return STOP
-        if kind == S.SEARCH and self.method.on_report(trial_id, result[S.STEP], metrics):
-            self.stopped_as[trial_id] = S.PRUNED
-            return STOP
-        return CONTINUE
+            self.stopped_as[own] = S.OVER_BUDGET
+            decision = STOP
+        elif kind == S.SEARCH:
+            asked = True
+            if self.method.on_report(own, result[S.STEP], metrics):
+                self.stopped_as[own] = S.PRUNED
+                decision = STOP
+        self._log({"event": "report", "trial": own, "report": report, "asked": asked})
+        return decision
+
+    def _report_row(self, own: str, report: dict) -> dict:
+        return {S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
+                S.SEED: self.seed, S.TRIAL_ID: own, S.EPOCH: None, **report}
 
     def trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         ended = self.clock()
-        kind, hp, retrain_of = self.kinds[trial_id]
-        started = self.started.get(trial_id, ended)
+        own = self._own(trial_id)
+        kind, hp, retrain_of = self.kinds[own]
+        started = self.started.get(own, ended)
         result = result or {}
         final = result.get("phase") == "final"
-        if trial_id in self.stopped_as:
-            status = self.stopped_as[trial_id]
+        if own in self.stopped_as:
+            status = self.stopped_as[own]
         elif error or not final:
             status = S.FAILED
         else:
@@ -127,7 +188,7 @@ class Campaign:
         eval_s = result.get(S.EVAL_S) if final else None
         row = {
             S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label, S.SEED: self.seed,
-            S.TRIAL_ID: trial_id, S.KIND: kind, S.STATUS: status,
+            S.TRIAL_ID: own, S.KIND: kind, S.STATUS: status,
             S.CONFIG: json.dumps(hp, sort_keys=True), S.RETRAIN_OF: retrain_of,
             S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
             S.RESOURCE_S: wall * self.res, S.CPU_S: wall * self.budget.cpus_per_worker,
@@ -135,42 +196,118 @@ class Campaign:
             S.TRAIN_S: train_s, S.EVAL_S: eval_s,
             S.OVERHEAD_S: wall - (train_s or 0) - (eval_s or 0),
             S.NODE: result.get(S.NODE), S.STEPS_DONE: result.get(S.STEPS_DONE),
-            S.ERROR: result.get(S.ERROR) or ("trial process failed" if error else None),
+            S.ERROR: result.get(S.ERROR) or (FAILED_PROCESS if error else None),
             S.INFO: result.get(S.INFO),
         }
         if status == S.OK:
             for key in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
                 row[key] = result.get(key)
+        self._log({"event": "complete", "trial": own, "row": row})
+        self._finish(row)
+
+    def _finish(self, row: dict, notify: bool = True) -> None:
         self.rows.append(row)
-        if kind != S.RETRAIN:
+        if row[S.KIND] != S.RETRAIN:
             self.spent_s += row[S.RESOURCE_S]
-            score = row.get(S.VAL_NLL) if kind == S.SEARCH else row.get(S.OBJECTIVE)
-            self.method.on_result(Result(trial_id, hp, status, score if status == S.OK else None,
-                                         {k: row[k] for k in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL,
-                                                              S.TEST_ACC) if row.get(k) is not None}))
-            if kind == S.SEARCH and status == S.OK and score is not None:
-                improved = self.best is None or score < self.best[0]
-                if improved:
-                    self.best = (score, trial_id)
-                if improved or self.method.retrain_all:
-                    self.retrain_queue.append((hp, trial_id))
-        if self.on_record:
+            self.finished[row[S.TRIAL_ID]] = row
+            self._follow_incumbent()
+            if self.method_done:
+                self._tell_upto(len(self.tuning_order))
+        if self.on_record and notify:
             self.on_record(self, row)
 
+    def _follow_incumbent(self) -> None:
+        """New incumbents, in trial order, are queued for retraining on all N."""
+        while self.followed < len(self.tuning_order) and \
+                self.tuning_order[self.followed] in self.finished:
+            row = self.finished[self.tuning_order[self.followed]]
+            self.followed += 1
+            if row[S.KIND] != S.SEARCH or row[S.STATUS] != S.OK or row[S.VAL_NLL] is None:
+                continue
+            improved = self.best is None or row[S.VAL_NLL] < self.best[0]
+            if improved:
+                self.best = (row[S.VAL_NLL], row[S.TRIAL_ID])
+            if improved or self.method.retrain_all:
+                self.retrain_queue.append((json.loads(row[S.CONFIG]), row[S.TRIAL_ID]))
+
+    def _tell_upto(self, n: int) -> bool:
+        """Tell the method the results of tuning trials before ``n``, in order; False if
+        one of them is still running."""
+        while self.told < n:
+            row = self.finished.get(self.tuning_order[self.told])
+            if row is None:
+                return False
+            self.told += 1
+            self._log({"event": "tell", "trial": row[S.TRIAL_ID]})
+            status = row[S.STATUS]
+            score = row.get(S.VAL_NLL) if row[S.KIND] == S.SEARCH else row.get(S.OBJECTIVE)
+            self.method.on_result(Result(
+                row[S.TRIAL_ID], json.loads(row[S.CONFIG]), status,
+                score if status == S.OK else None,
+                {k: row[k] for k in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC)
+                 if row.get(k) is not None}))
+        return True
+
+    def _log(self, event: dict) -> None:
+        if self.log:
+            self.log(event)
+
+    # -- rebuilding from a journal
+
+    def replay(self, event: dict, completed: set[str]) -> None:
+        """Re-apply one journal event, without running anything; ``completed`` names the
+        trials whose completion the journal holds (reports of others are dropped: those
+        trials run again)."""
+        own, what = event["trial"], event["event"]
+        if what == "suggest":
+            if event.get("retrain_of") is not None:
+                got = self._issue_retrain() if self.retrain_queue else None
+            else:  # the results it knew were told by the journal's tell events
+                config = self.method.suggest(self._tuning_id(len(self.tuning_order)))
+                got = self._issue_tuning(config) if isinstance(config, dict) else None
+            if got != own or self.kinds[own][1] != event["hp"]:
+                raise BenchError(f"cannot resume {self.task.name} | {self.label} | seed "
+                                 f"{self.seed}: the journal has trial {own} at {event['hp']}, "
+                                 f"the method now gives {got} at {self.kinds.get(got)}")
+        elif what == "report" and own in completed:
+            self.reports.append(self._report_row(own, event["report"]))
+            if event["asked"]:
+                self.method.on_report(own, event["report"][S.STEP],
+                                      {k: v for k, v in event["report"].items() if k != S.STEP})
+        elif what == "tell":
+            if self.told >= len(self.tuning_order) or self.tuning_order[self.told] != own or \
+                    not self._tell_upto(self.told + 1):
+                raise BenchError(f"cannot resume {self.task.name} | {self.label} | seed "
+                                 f"{self.seed}: the journal tells {own} out of order")
+        elif what == "complete":
+            self._finish(event["row"], notify=False)
+
+    def replayed(self) -> None:
+        """After the last journal event: trials the journal started but never finished
+        run again, first and under their own names."""
+        self.rerun = self.running()
+
+
+FAILED_PROCESS = "trial process failed"
 
 
 class CampaignQueue:
     """The suite's campaigns in order. The next campaign starts as soon as the running ones
     have no trial to offer, so workers idle while a campaign drains its last trials are
-    given to the next one; each campaign still runs at most ``workers`` trials at once."""
+    given to the next one; each campaign still runs at most ``workers`` trials at once.
+    ``log`` receives every event for the run's journal; ``resume`` replays one."""
 
-    def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None) -> None:
+    def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None,
+                 log: Callable[[dict], None] | None = None) -> None:
         self.plans = plans
         self.on_start, self.on_done = on_start, on_done
+        self.log = log
+        self.muted = False  # while replaying a journal: its events are written already
         self.active: list[tuple[int, Campaign]] = []
         self.exhausted: set[int] = set()
         self.next_plan = 0
         self.owner: dict[str, tuple[int, Campaign]] = {}
+        self.reasons: dict[str, str] = {}  # why the backend lost a trial
 
     def suggest(self, trial_id: str):
         for idx, campaign in list(self.active):
@@ -184,13 +321,23 @@ class CampaignQueue:
                 self.owner[trial_id] = (idx, campaign)
                 return {"campaign": idx, **config}
         if self.next_plan < len(self.plans):
-            idx, self.next_plan = self.next_plan, self.next_plan + 1
-            campaign = self.plans[idx]()
-            self.active.append((idx, campaign))
-            if self.on_start:
-                self.on_start(campaign)
+            self._start(self.next_plan)
             return self.suggest(trial_id)
         return None if self.active else FINISHED
+
+    def _start(self, idx: int) -> Campaign:
+        self.next_plan = idx + 1
+        campaign = self.plans[idx]()
+        self.active.append((idx, campaign))
+        if self.on_start:
+            self.on_start(campaign)
+        self._log({"event": "start", "campaign": idx})
+        campaign.log = lambda event: self._log({**event, "campaign": idx})
+        return campaign
+
+    def _log(self, event: dict) -> None:
+        if self.log and not self.muted:
+            self.log(event)
 
     def started(self, trial_id: str) -> None:
         if trial_id in self.owner:
@@ -199,9 +346,14 @@ class CampaignQueue:
     def report(self, trial_id: str, result: dict) -> str:
         return self.owner[trial_id][1].trial_report(trial_id, result)
 
+    def failure_reason(self, trial_id: str, reason: str) -> None:
+        self.reasons[trial_id] = reason
+
     def complete(self, trial_id: str, result, error: bool) -> None:
         if trial_id not in self.owner:
             return
+        if error and trial_id in self.reasons:
+            result = {**(result or {}), S.ERROR: self.reasons.pop(trial_id)}
         idx, campaign = self.owner[trial_id]
         campaign.trial_complete(trial_id, result, error)
         self._maybe_done(idx, campaign)
@@ -209,8 +361,37 @@ class CampaignQueue:
     def _maybe_done(self, idx: int, campaign: Campaign) -> None:
         if idx in self.exhausted and not campaign.running() and (idx, campaign) in self.active:
             self.active.remove((idx, campaign))
+            self._log({"event": "done", "campaign": idx})
             if self.on_done:
                 self.on_done(campaign)
+
+    def resume(self, events: list[dict]) -> None:
+        """Rebuild the state a journal describes: campaigns started and finished, every
+        trial suggested, reported and completed, in the order they happened. Methods are
+        asked again and must suggest what the journal holds (they are seeded)."""
+        completed = {(e["campaign"], e["trial"]) for e in events if e["event"] == "complete"}
+        campaigns: dict[int, Campaign] = {}
+        self.muted = True
+        try:
+            self._replay(events, completed, campaigns)
+        finally:
+            self.muted = False
+        for _, campaign in self.active:
+            campaign.replayed()
+
+    def _replay(self, events, completed, campaigns) -> None:
+        for event in events:
+            idx = event["campaign"]
+            if event["event"] == "start":
+                if idx != self.next_plan:
+                    raise BenchError(f"cannot resume: the journal starts campaign {idx} "
+                                     f"where {self.next_plan} comes next")
+                campaigns[idx] = self._start(idx)
+            elif event["event"] == "done":
+                self.exhausted.add(idx)
+                self._maybe_done(idx, campaigns[idx])
+            else:
+                campaigns[idx].replay(event, {t for c, t in completed if c == idx})
 
 
 def run_inline(campaign: Campaign) -> None:
@@ -219,7 +400,7 @@ def run_inline(campaign: Campaign) -> None:
                      threads=max(1, int(campaign.budget.cpus_per_worker)),
                      gpus=campaign.budget.gpus_per_worker)
     for number in itertools.count():
-        trial_id = f"t{number:04d}"
+        trial_id = f"inline{number}"
         config = campaign.next_config(trial_id)
         if config in (FINISHED, None):  # None: nothing runs that could change its mind
             return

@@ -122,8 +122,11 @@ def _cmd_run(args) -> int:
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    out = Path(args.out or Path("runs") / suite.name)
-    run_suite(suite, out, address=args.address, progress=not args.quiet)
+    if args.resume and args.out:
+        raise BenchError("run: give --out or --resume, not both")
+    out = Path(args.resume or args.out or Path("runs") / suite.name)
+    run_suite(suite, out, address=args.address, progress=not args.quiet,
+              resume=bool(args.resume))
     paths, report = summarize(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
@@ -180,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a suite on Ray; write records, plot and report")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
+    p.add_argument("--resume", metavar="DIR",
+                   help="go on with the run in DIR that was stopped or killed (same suite): "
+                        "finished trials are kept and counted, trials cut short run again")
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
                         "started and stopped by the harness)")

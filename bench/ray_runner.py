@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 import ray
+from ray import cloudpickle
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
@@ -35,12 +36,15 @@ def run_trial(config: dict, specs: list[TrialSpec]) -> None:
 
 
 class _QueueSearcher(Searcher):
-    def __init__(self, queue: CampaignQueue) -> None:
+    def __init__(self, queue: CampaignQueue, faults: dict[tuple[int, str], str]) -> None:
         super().__init__()
-        self.queue = queue
+        self.queue, self.faults = queue, faults
 
     def suggest(self, trial_id: str):
-        return self.queue.suggest(trial_id)
+        config = self.queue.suggest(trial_id)
+        if isinstance(config, dict) and (config["campaign"], config["trial"]) in self.faults:
+            config["fault"] = self.faults[config["campaign"], config["trial"]]
+        return config
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self.queue.complete(trial_id, result, error)
@@ -54,6 +58,17 @@ class _QueueScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result) -> str:
         return self.queue.report(trial.trial_id, result)
 
+    def on_trial_error(self, tune_controller, trial) -> None:
+        """Tune calls this before the searcher hears of the failure: keep Ray's reason
+        (an exception outside ``execute_trial``, or the worker process died)."""
+        try:  # Tune has just written the exception beside the trial (not yet to storage)
+            with open(trial.pickled_error_file, "rb") as f:
+                error = cloudpickle.load(f)
+        except (OSError, TypeError, ValueError, EOFError):
+            return
+        text = " ".join(str(error).split())
+        self.queue.failure_reason(trial.trial_id, f"{type(error).__name__}: {text}"[:500])
+
 
 class _StartTimes(tune.Callback):
     def __init__(self, queue: CampaignQueue) -> None:
@@ -64,16 +79,17 @@ class _StartTimes(tune.Callback):
 
 
 def run_campaigns(queue: CampaignQueue, specs: list[TrialSpec], budget: Budget,
-                  storage: str) -> None:
+                  storage: str, faults: dict[tuple[int, str], str] | None = None) -> None:
     """Run every campaign of ``queue`` in one Tune experiment on the Ray cluster that
-    ``ray.init`` connected to, reusing the worker processes from campaign to campaign."""
+    ``ray.init`` connected to, reusing the worker processes from campaign to campaign.
+    ``faults`` ({(campaign, trial): fault}, see ``bench.faults``) are injected."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, specs=specs),
         {"cpu": budget.cpus_per_worker, "gpu": budget.gpus_per_worker})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_QueueSearcher(queue), scheduler=_QueueScheduler(queue),
+            search_alg=_QueueSearcher(queue, faults or {}), scheduler=_QueueScheduler(queue),
             num_samples=-1, max_concurrent_trials=budget.workers, reuse_actors=True),
         run_config=tune.RunConfig(
             name="suite", storage_path=storage, verbose=0, callbacks=[_StartTimes(queue)],

@@ -65,3 +65,18 @@ def export_csv(run_dir: str | Path) -> list[Path]:
         atomic_write(path, lambda tmp, t=table: t.to_csv(tmp, index=False))
         out.append(path)
     return out
+
+
+def comparable(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials without their timing (columns, and INFO keys ending in ``_s``), sorted by
+    campaign and trial: what two runs of the same suite and seeds should agree on."""
+    def untimed(info):
+        if not isinstance(info, str):
+            return info
+        return json.dumps({k: v for k, v in json.loads(info).items() if not k.endswith("_s")},
+                          sort_keys=True)
+
+    table = trials.drop(columns=[c for c in schema.TIMING_COLUMNS if c in trials])
+    table = table.assign(**{schema.INFO: table[schema.INFO].map(untimed)})
+    key = [schema.TASK, schema.METHOD, schema.SEED, schema.TRIAL_ID]
+    return table.sort_values(key, kind="stable").reset_index(drop=True)

@@ -4,6 +4,7 @@ campaign with the same worker pool and cap, keep the records, then plot and repo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from bench import schema as S
 from bench.errors import BenchError
+from bench.faults import ENV, faults_from_env
+from bench.journal import AT, Journal, read_journal
 from bench.records import frame, write_json, write_table, write_text
 from bench.suite import Suite
 
@@ -23,8 +26,9 @@ def check_output_dir(out: Path) -> None:
     """Refuse an output that is a file, is not writable, or already holds a run."""
     if out.exists() and not out.is_dir():
         raise BenchError(f"output {out} exists and is not a directory")
-    if (out / S.TRIALS_FILE).exists():
-        raise BenchError(f"output {out} already holds a run; choose another directory")
+    if (out / S.TRIALS_FILE).exists() or (out / S.JOURNAL_FILE).exists():
+        raise BenchError(f"output {out} already holds a run; choose another directory, or "
+                         "go on with it: bench run SUITE --resume DIR")
     parent = out if out.exists() else next(p for p in out.parents if p.exists())
     if not os.access(parent, os.W_OK):
         raise BenchError(f"output {out} is not writable")
@@ -75,12 +79,12 @@ class Progress:
     def campaign(self, campaign) -> None:
         self.index += 1
         campaign.number = self.index
-        self._say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
+        self.say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: start")
 
     def done(self, campaign) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
-        self._say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
+        self.say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: done, {len(tuning)} trials, "
                   f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s")
 
@@ -89,12 +93,14 @@ class Progress:
         best = f"{campaign.best[0]:.4f}" if campaign.best else "-"
         score = row.get(S.VAL_NLL) if row[S.KIND] == S.SEARCH else row.get(S.TEST_ACC)
         what = f"{row[S.KIND]} {row[S.STATUS]}" + (f" {score:.4f}" if score is not None else "")
-        self._say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
+        if row[S.STATUS] == S.FAILED:
+            what += f" ({(row.get(S.ERROR) or '?')[:80]})"
+        self.say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
                   f"seed {campaign.seed}: {what} | {len(tuning)} trials, "
                   f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
                   f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         if self.enabled:
             print(line, file=sys.stderr, flush=True)
 
@@ -115,9 +121,45 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
     return time.perf_counter() - started
 
 
+def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
+    """A run directory that ``suite`` may go on in: its journal, whole-line bytes, metadata."""
+    import tomllib
+
+    if not (out / S.JOURNAL_FILE).is_file() or not (out / S.SUITE_FILE).is_file():
+        raise BenchError(f"cannot resume {out}: no {S.JOURNAL_FILE} there (not a suite run "
+                         "directory)")
+    if tomllib.loads((out / S.SUITE_FILE).read_text()) != tomllib.loads(suite.source):
+        raise BenchError(f"cannot resume {out}: it ran a different suite than {suite.name!r}")
+    try:
+        metadata = json.loads((out / S.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        raise BenchError(f"cannot resume {out}: its {S.METADATA_FILE} is missing or "
+                         "unreadable") from None
+    if "ended" in metadata:
+        raise BenchError(f"cannot resume {out}: that run finished")
+    if not os.access(out, os.W_OK):
+        raise BenchError(f"cannot resume {out}: not writable")
+    events, good = read_journal(out / S.JOURNAL_FILE)
+    return events, good, metadata
+
+
+def _lock(out: Path):
+    """Only one driver writes into a run directory; the kernel frees the lock if it dies."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / S.LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BenchError(f"{out} is in use by another bench run") from None
+    return lock
+
+
 def run_suite(suite: Suite, out: Path, address: str | None = None,
-              progress: bool = True, command: str = "") -> Path:
-    """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check."""
+              progress: bool = True, command: str = "", resume: bool = False) -> Path:
+    """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check.
+    With ``resume``, go on with the run a killed driver left in ``out``: its journal's
+    finished trials are kept (and their compute counted), trials it left running run again."""
     import ray
 
     from bench.campaign import Campaign
@@ -125,22 +167,38 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     from bench.trial import TrialSpec
 
     out = Path(out)
-    check_output_dir(out)
+    faults = faults_from_env()
+    if resume:
+        events, good, metadata = check_resumable(out, suite)
+    else:
+        check_output_dir(out)
+        events, good, metadata = [], None, {}
     for task in suite.tasks:
         task.check_data()
     address = address or os.environ.get("RAY_ADDRESS") or None
     temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
-    clock0 = time.perf_counter()
+    # suite time goes on from the journal's last event: the gap while dead is not counted
+    clock0 = time.perf_counter() - (events[-1][AT] if events else 0.0)
+    lock = journal = None
     try:
         ray_start_s = _start_ray(address, temp_dir)
         check_resources(suite, ray.cluster_resources())
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / S.SUITE_FILE, suite.source)
-        metadata = {"suite": suite.name, "command": command or " ".join(sys.argv),
-                    "versions": _versions(), "machine": _machine(),
-                    "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
-                    "ray_address": address or "local", "ray_start_s": ray_start_s,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        lock = _lock(out)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if resume:
+            metadata.setdefault("resumed", []).append(
+                {"at": stamp, "suite_s": events[-1][AT] if events else 0.0,
+                 "ray_start_s": ray_start_s})
+        else:
+            write_text(out / S.SUITE_FILE, suite.source)
+            metadata = {"suite": suite.name, "command": command or " ".join(sys.argv),
+                        "versions": _versions(), "machine": _machine(),
+                        "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
+                        "ray_address": address or "local", "ray_start_s": ray_start_s,
+                        "started": stamp}
+            if faults:  # this run's failures were made on purpose
+                metadata["injected_faults"] = os.environ[ENV]
         write_json(out / S.METADATA_FILE, metadata)
         show = Progress(suite, progress)
         plans = [(task, seed, spec) for task in suite.tasks for seed in suite.seeds
@@ -154,7 +212,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             return lambda: Campaign(suite.name, task, spec.label, spec.build(), seed,
                                     suite.budget, clock0, on_record=show.record)
 
-        def done(campaign) -> None:  # records after every campaign: a stop keeps them
+        def done(campaign) -> None:  # tables after every campaign; the journal after every event
             finished.append(campaign)
             show.done(campaign)
             write_table(out / S.TRIALS_FILE,
@@ -162,14 +220,24 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             write_table(out / S.REPORTS_FILE,
                         frame([r for c in finished for r in c.reports], S.REPORT_COLUMNS))
 
-        queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done)
-        run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"))
+        journal = Journal(out / S.JOURNAL_FILE, lambda: time.perf_counter() - clock0, good)
+        queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done, log=journal)
+        if resume:
+            queue.resume(events)
+            kept = sum(e["event"] == "complete" for e in events)
+            again = sum(len(c.rerun) for _, c in queue.active)
+            show.say(f"resuming {out}: {kept} finished trials kept, {again} cut short run again")
+        run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"), faults)
         for _, campaign in list(queue.active):  # Tune ended early: keep what ran
             done(campaign)
         metadata |= {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "suite_wall_s": time.perf_counter() - clock0}
         write_json(out / S.METADATA_FILE, metadata)
     finally:
+        if journal is not None:
+            journal.close()
+        if lock is not None:
+            lock.release()
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

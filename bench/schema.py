@@ -19,6 +19,8 @@ METADATA_FILE = "metadata.json"
 SUITE_FILE = "suite.toml"
 PLOT_STEM = "tradeoff"
 REPORT_FILE = "report.md"
+JOURNAL_FILE = "journal.jsonl"  # every harness decision as it happened (bench.journal)
+LOCK_FILE = ".lock"  # held by the driver running into the directory
 
 # kinds of run
 SEARCH, RETRAIN, LEARNED = "search", "retrain", "learned"
@@ -60,6 +62,11 @@ TRIAL_COLUMNS = (
     STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S, OVERHEAD_S,
     NODE, ERROR, INFO,
 )
+
+# what differs between two runs of the same suite and seeds: when and where trials ran,
+# and how long they took (in INFO too: its keys ending in "_s")
+TIMING_COLUMNS = (STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S,
+                  OVERHEAD_S, NODE)
 
 # reports.parquet columns (one row per evaluation during training)
 STEP = "step"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bench import schema as S
+from bench.faults import inject_at_start, poisoned
 from bench.method import FitData, Method
 from bench.metrics import evaluate
 from bench.task import Task
@@ -46,18 +47,20 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
 
     started = time.perf_counter()
     torch.set_num_threads(spec.threads)
-    kind, hp = config["kind"], config["hp"]
+    kind, hp, fault = config["kind"], config["hp"], config.get("fault")
     final = {"phase": "final", S.NODE: socket.gethostname()}
     try:
+        inject_at_start(fault)
         data = task_data(spec.task, spec.seed, trial_device(spec.gpus))
+        make_network = poisoned(data.network, fault)
         if kind == S.SEARCH:
             train, held_out = data.split()
             fit_data = FitData(spec.task, spec.seed, train, held_out, data.num_classes,
-                               data.network)
+                               make_network)
         else:  # retrain or learned run: all N, no validation data; scored on the test set
             held_out = data.test
             fit_data = FitData(spec.task, spec.seed, data.train, None, data.num_classes,
-                               data.network)
+                               make_network)
 
         def report(step: int, metrics: dict) -> bool:
             return bool(emit({"phase": "epoch", S.STEP: step, S.NODE: final[S.NODE], **metrics}))
@@ -73,7 +76,7 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
             S.TRAIN_S: fitted.train_s, S.EVAL_S: eval_s,
             S.INFO: json.dumps(fitted.info, default=float),
         }
-    except Exception as err:  # noqa: BLE001 - a failing trial is a record, not a crash
+    except Exception as err:  # noqa: BLE001 - a failing trial (MemoryError too) is a record
         final |= {S.STATUS: S.FAILED, S.ERROR: f"{type(err).__name__}: {err}"[:500],
                   "traceback": traceback.format_exc()[-2000:]}
     final["worker_wall_s"] = time.perf_counter() - started
