@@ -12,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.records import read_table
 from bench.regularizers import L2SP, Regularizer
 from bench.task import Task
 from bench.train import TrainConfig, batch_stream, fine_tune
@@ -94,11 +95,9 @@ def overhead_shares(run_dir) -> dict:
     import json
     from pathlib import Path
 
-    import pandas as pd
-
     from bench import schema as S
 
-    trials = pd.read_parquet(Path(run_dir) / S.TRIALS_FILE)
+    trials = read_table(Path(run_dir) / S.TRIALS_FILE)
     meta = json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
     budget = meta["budget"]
     res = budget["cpus_per_worker"] + budget["gpus_per_worker"]

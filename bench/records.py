@@ -44,16 +44,23 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet table, read through one open file: a rename by a running suite between
+    pyarrow's look at the size and its read (by path) would mix two versions."""
+    with open(path, "rb") as f:
+        return pd.read_parquet(f)
+
+
 def read_trials(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / schema.TRIALS_FILE
     if not path.is_file():
         raise BenchError(f"no {schema.TRIALS_FILE} in {run_dir}: not a suite run directory")
-    return pd.read_parquet(path)
+    return read_table(path)
 
 
 def read_reports(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / schema.REPORTS_FILE
-    return pd.read_parquet(path) if path.is_file() else frame([], schema.REPORT_COLUMNS)
+    return read_table(path) if path.is_file() else frame([], schema.REPORT_COLUMNS)
 
 
 def export_csv(run_dir: str | Path) -> list[Path]:

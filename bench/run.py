@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import schema as S
 from bench.errors import BenchError
 from bench.faults import ENV, faults_from_env
+from bench.preflight import check_tasks
 from bench.journal import AT, Journal, read_journal
 from bench.records import frame, write_json, write_table, write_text
 from bench.suite import Suite
@@ -30,8 +31,11 @@ def check_output_dir(out: Path) -> None:
         raise BenchError(f"output {out} already holds a run; choose another directory, or "
                          "go on with it: bench run SUITE --resume DIR")
     parent = out if out.exists() else next(p for p in out.parents if p.exists())
-    if not os.access(parent, os.W_OK):
-        raise BenchError(f"output {out} is not writable")
+    try:  # try it: permission bits say nothing to root or of a read-only file system
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise BenchError(f"output {out} is not writable ({err.strerror})") from None
 
 
 def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
@@ -175,6 +179,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
         events, good, metadata = [], None, {}
     for task in suite.tasks:
         task.check_data()
+    check_tasks(suite)
     address = address or os.environ.get("RAY_ADDRESS") or None
     temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
     # suite time goes on from the journal's last event: the gap while dead is not counted

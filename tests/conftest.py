@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -15,3 +17,14 @@ def tiny_net() -> Network:
         for _, p in net.backbone_parameters():
             p.add_(torch.randn_like(p))
     return net
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The smoke suite run once through real Ray; tests read its records."""
+    from bench.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    suite = Path(__file__).resolve().parents[1] / "suites" / "smoke.toml"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    return out

@@ -16,13 +16,6 @@ SMOKE = ROOT / "suites" / "smoke.toml"
 LEARNED_METHODS = {"de-elbo", "elbo", "laplace-marglik", "ntk-marglik"}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "smoke"
-    assert main(["run", str(SMOKE), "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 def test_smoke_suite_writes_records_plot_and_report(smoke_run):
     for name in (S.TRIALS_FILE, S.REPORTS_FILE, S.METADATA_FILE, S.SUITE_FILE, S.REPORT_FILE,
                  S.PLOT_STEM + ".png", S.PLOT_STEM + ".svg"):
