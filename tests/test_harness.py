@@ -111,6 +111,11 @@ BAD_SUITES = [
     ("seeds = []\n", "seeds must be a non-empty list"),
     ("[budget]\ngpus_per_worker = 0.25\n", "no GPU"),
     ("[budget]\nworkers = 64\n", "Ray cluster has 2"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nimage_size = 2\n",
+     "small-cnn needs image_size >= "),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nsteps = 5000\n"
+     "cap_s = 0.05\n", "is smaller than one trial"),
+    ("[methods.random]\ntrials = 1\n[methods.random]\ntrials = 2\n", "malformed TOML"),
 ]
 
 BASE = """name = "bad"
@@ -154,6 +159,17 @@ def test_output_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["run", str(path), "--out", str(tmp_path / "afile")]) == 2
     assert "not a directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_output_that_is_not_writable_is_refused(tmp_path, capsys):
+    path = tmp_path / "ok.toml"
+    path.write_text(BASE)
+    out = Path("/sys/bench-out")  # not writable, even by root (who ignores permission bits)
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is not writable" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_missing_suite_file_is_refused(capsys):
