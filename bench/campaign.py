@@ -325,6 +325,11 @@ class CampaignQueue:
             return self.suggest(trial_id)
         return None if self.active else FINISHED
 
+    @property
+    def finished(self) -> bool:
+        """Every campaign started and done."""
+        return not self.active and self.next_plan == len(self.plans)
+
     def _start(self, idx: int) -> Campaign:
         self.next_plan = idx + 1
         campaign = self.plans[idx]()

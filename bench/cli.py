@@ -118,15 +118,23 @@ def _cmd_benchmark(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from bench.run import run_suite, summarize
+    from bench.run import RunStopped, run_suite, summarize
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
     if args.resume and args.out:
         raise BenchError("run: give --out or --resume, not both")
     out = Path(args.resume or args.out or Path("runs") / suite.name)
-    run_suite(suite, out, address=args.address, progress=not args.quiet,
-              resume=bool(args.resume))
+    again = f"go on with: bench run {args.suite} --resume {out}"
+    try:
+        run_suite(suite, out, address=args.address, progress=not args.quiet,
+                  resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; {again}", file=sys.stderr)
+        return 130
+    except RunStopped as err:
+        print(f"bench: {err}; {again}", file=sys.stderr)
+        return 1
     paths, report = summarize(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")

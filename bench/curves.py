@@ -6,6 +6,7 @@ Accuracies are fractions in [0, 1]; compute is resource-seconds (``RESOURCE_S``)
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -135,12 +136,14 @@ def _aggregate_at(method_curves: pd.DataFrame, xs: np.ndarray) -> dict[str, np.n
     """Mean and band over the seeds that have started at each x."""
     vals = np.vstack([_step_values(g, xs) for _, g in method_curves.groupby(SEED, sort=True)])
     seeds = (~np.isnan(vals)).sum(axis=0)
-    pct = np.nanpercentile(vals, [2.5, 97.5], axis=0)
     wide = seeds >= PERCENTILE_MIN_SEEDS
-    return {"mean": np.nanmean(vals, axis=0),
-            "low": np.where(wide, pct[0], np.nanmin(vals, axis=0)),
-            "high": np.where(wide, pct[1], np.nanmax(vals, axis=0)),
-            "seeds": seeds, "all_seeds": vals.shape[0]}
+    with warnings.catch_warnings():  # before any seed's first point a column is all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pct = np.nanpercentile(vals, [2.5, 97.5], axis=0)
+        return {"mean": np.nanmean(vals, axis=0),
+                "low": np.where(wide, pct[0], np.nanmin(vals, axis=0)),
+                "high": np.where(wide, pct[1], np.nanmax(vals, axis=0)),
+                "seeds": seeds, "all_seeds": vals.shape[0]}
 
 
 def aggregate_curves(curves: pd.DataFrame, points: int = 200) -> pd.DataFrame:

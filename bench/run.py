@@ -23,6 +23,10 @@ from bench.records import frame, write_json, write_table, write_text
 from bench.suite import Suite
 
 
+class RunStopped(RuntimeError):
+    """The suite did not finish; its run directory can be resumed."""
+
+
 def check_output_dir(out: Path) -> None:
     """Refuse an output that is a file, is not writable, or already holds a run."""
     if out.exists() and not out.is_dir():
@@ -53,8 +57,26 @@ def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
                          f"Ray cluster has {gpus:g}")
 
 
+def _commit() -> str | None:
+    """The harness's git commit (``+dirty`` with local changes), if it runs from a clone."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "bench", "baselines", "methods"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "harness_commit": _commit()}
     for dist in ("finetune-hpo-bench", "torch", "torchvision", "ray", "optuna", "laplace-torch",
                  "pandas", "numpy"):
         try:
@@ -115,6 +137,10 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ctrl-C raises KeyboardInterrupt at once, as SIGKILL would stop the driver: the journal
+    # then holds exactly the finished trials (Tune's own handler would end running trials
+    # as if they had finished)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     started = time.perf_counter()
     common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
     if address:
@@ -233,8 +259,9 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             again = sum(len(c.rerun) for _, c in queue.active)
             show.say(f"resuming {out}: {kept} finished trials kept, {again} cut short run again")
         run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"), faults)
-        for _, campaign in list(queue.active):  # Tune ended early: keep what ran
-            done(campaign)
+        if not queue.finished:
+            raise RunStopped(f"Ray Tune stopped before the suite finished; {out} can be "
+                             "resumed")
         metadata |= {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "suite_wall_s": time.perf_counter() - clock0}
         write_json(out / S.METADATA_FILE, metadata)
