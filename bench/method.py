@@ -99,7 +99,9 @@ class Method:
 
     def suggest(self, trial_id: str) -> dict[str, float] | str | None:
         """The configuration to run as ``trial_id``, ``FINISHED``, or None to wait for
-        running trials' results first."""
+        running trials' results first. Trial ids are ``t0000``, ``t0001``, ... in the order
+        of suggestions; when ``t{j}`` is asked for, the method has heard the results of
+        exactly the trials before ``t{j - workers + 1}`` (so runs are reproducible)."""
         return FINISHED
 
     def on_report(self, trial_id: str, step: int, metrics: dict[str, float]) -> bool:
@@ -107,7 +109,7 @@ class Method:
         return False
 
     def on_result(self, result: Result) -> None:
-        """A trial finished (any status)."""
+        """A trial finished (any status). Results come in trial order."""
 
     def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
         """Train one trial (runs on a worker). Default: the shared fine-tuning loop with

@@ -142,21 +142,34 @@ def _completions(out: Path) -> int:
     return sum(e["event"] == "complete" for e in read_journal(journal)[0])
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(tmp_path):
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Path:
+    """The resume suite run without interruption."""
+    root = tmp_path_factory.mktemp("resume")
+    (root / "resume.toml").write_text(RESUME_SUITE)
+    assert main(["run", str(root / "resume.toml"), "--out", str(root / "whole"), "--quiet"]) == 0
+    return root / "whole"
+
+
+def _stop_after(suite: Path, out: Path, completions: int, sig: int) -> subprocess.Popen:
+    proc = _bench("run", str(suite), "--out", str(out), "--quiet")
+    deadline = time.monotonic() + 240
+    while _completions(out) < completions and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait()
+    return proc
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(whole, tmp_path):
     suite = tmp_path / "resume.toml"
     suite.write_text(RESUME_SUITE)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main(["run", str(suite), "--out", str(whole), "--quiet"]) == 0
+    killed = tmp_path / "killed"
     total = len(pd.read_parquet(whole / S.TRIALS_FILE))
 
     kill_after = random.Random().randint(1, total - 2)  # a random point, printed on failure
-    proc = _bench("run", str(suite), "--out", str(killed), "--quiet")
-    deadline = time.monotonic() + 240
-    while _completions(killed) < kill_after and proc.poll() is None:
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _stop_after(suite, killed, kill_after, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     before, _ = read_journal(killed / S.JOURNAL_FILE)
     done_at_kill = sum(e["event"] == "complete" for e in before)
@@ -191,6 +204,23 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(tmp_path
     pd.testing.assert_frame_equal(
         reports_a.drop(columns=drop).sort_values(key).reset_index(drop=True),
         reports_b.drop(columns=drop).sort_values(key).reset_index(drop=True))
+
+
+def test_ctrl_c_leaves_a_run_to_resume(whole, tmp_path):
+    suite = tmp_path / "resume.toml"
+    suite.write_text(RESUME_SUITE)
+    out = tmp_path / "interrupted"
+    proc = _stop_after(suite, out, 2, signal.SIGINT)
+    said = proc.stdout.read()
+    assert proc.returncode == 130, said
+    assert f"interrupted; go on with: bench run {suite} --resume {out}" in said
+    journal, _ = read_journal(out / S.JOURNAL_FILE)
+    # trials stopped by Ctrl-C are not recorded as finished: they run again on resume
+    assert all(e["row"][S.STATUS] != S.FAILED for e in journal if e["event"] == "complete")
+    assert "ended" not in json.loads((out / S.METADATA_FILE).read_text())
+    assert main(["run", str(suite), "--resume", str(out), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(comparable(pd.read_parquet(whole / S.TRIALS_FILE)),
+                                  comparable(pd.read_parquet(out / S.TRIALS_FILE)))
 
 
 def test_resume_refuses_what_it_cannot_go_on_with(tmp_path, capsys):
