@@ -270,6 +270,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             journal.close()
         if lock is not None:
             lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
