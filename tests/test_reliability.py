@@ -18,6 +18,7 @@ import pytest
 from bench import schema as S
 from bench.cli import main
 from bench.curves import anytime_curves
+from bench.errors import BenchError
 from bench.faults import parse_faults
 from bench.journal import Journal, read_journal
 from bench.records import comparable, read_table, write_table
@@ -103,7 +104,7 @@ def test_injected_faults_are_recorded_as_failed_and_the_suite_finishes(tmp_path,
 
 def test_a_bad_fault_spec_is_refused():
     for text in ("0:t0001=explode", "t0001=raise", "0:x=raise"):
-        with pytest.raises(Exception, match="BENCH_FAULTS"):
+        with pytest.raises(BenchError, match="BENCH_FAULTS"):
             parse_faults(text)
     assert parse_faults(" 0:t0001=raise, 2:t0000-retrain=die ") == {
         (0, "t0001"): "raise", (2, "t0000-retrain"): "die"}
