@@ -188,7 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description=__doc__.split("\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("run", help="run a suite on Ray; write records, plot and report")
+    p = sub.add_parser(
+        "run", help="run a suite on Ray; write records, plot and report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 done; 2 bad input (nothing written); 130 interrupted by Ctrl-C "
+               "and 1 stopped\nearly by Ray (both resumable with --resume DIR).\n"
+               "BENCH_FAULTS=CAMPAIGN:TRIAL=FAULT,... injects faults (raise, nan, oom, die) "
+               "into trials,\nto test that a suite survives them (see README, Reliability).")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
     p.add_argument("--resume", metavar="DIR",

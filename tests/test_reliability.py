@@ -262,6 +262,12 @@ def test_the_smoke_suite_gives_the_same_records_twice(smoke_run, tmp_path):
     assert (a[S.STATUS] != S.OVER_BUDGET).all()  # the cap never binds in the smoke suite
     pd.testing.assert_frame_equal(a, b)
     assert len(a) >= 30
+    key = [S.TASK, S.METHOD, S.SEED, S.TRIAL_ID, S.STEP]
+    ra, rb = (pd.read_parquet(run / S.REPORTS_FILE) for run in (smoke_run, again))
+    ra, rb = (r[~r[S.METHOD].isin(timed)].drop(columns=[S.TRAIN_S, S.EVAL_S])
+              .sort_values(key).reset_index(drop=True) for r in (ra, rb))
+    pd.testing.assert_frame_equal(ra, rb)
+    assert len(ra) >= 30
 
 
 def test_a_reader_never_sees_a_partial_table(tmp_path):
