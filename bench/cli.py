@@ -110,6 +110,10 @@ def _cmd_benchmark(args) -> int:
     if args.what == "loop":
         benchmarks.loop_benchmark(steps=args.steps, batch_size=args.batch_size,
                                   repeats=args.repeats)
+    elif args.what == "ntk":
+        from methods._ntk import ntk_scaling_benchmark
+
+        ntk_scaling_benchmark(backbone=args.backbone, ns=tuple(args.ns), repeats=args.repeats)
     elif args.run_dir:
         benchmarks.print_overhead(args.run_dir, [benchmarks.overhead_shares(args.run_dir)])
     else:
@@ -254,17 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead")
-    p.add_argument("what", choices=["loop", "harness"], nargs="?", default="loop",
+    p.add_argument("what", choices=["loop", "harness", "ntk"], nargs="?", default="loop",
                    help="loop: harness vs bare PyTorch img/s; harness: a suite's overhead "
-                        "share and throughput per pool size")
+                        "share and throughput per pool size; ntk: one NTK-bound hyper-step "
+                        "vs one full-data Laplace hyper-step as N grows")
     p.add_argument("--steps", type=int, default=30, help="loop: timed steps per measurement")
     p.add_argument("--batch-size", type=int, default=32, help="loop: batch size")
-    p.add_argument("--repeats", type=int, default=3, help="loop: alternating runs; best kept")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="loop: alternating runs, best kept; ntk: timings, median kept")
     p.add_argument("--suite", default="suites/overhead.toml", help="harness: the suite to time")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
     p.add_argument("--run-dir", default=None,
                    help="harness: analyse this finished run instead of running the suite")
+    p.add_argument("--backbone", default="small-cnn", help="ntk: the network (bench list "
+                   "backbones)")
+    p.add_argument("--ns", type=int, nargs="+", default=[100, 1000],
+                   help="ntk: training-set sizes to time")
     p.set_defaults(func=_cmd_benchmark)
     return parser
 
