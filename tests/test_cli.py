@@ -54,3 +54,11 @@ def test_train_prints_final_test_metrics(capsys):
     assert summary["regularizer"] == "mars-sp" and summary["steps"] == 40
     assert summary["hyperparameters"]["lambda_bb"] == 5.0
     assert summary["test_acc"] > 0.3  # chance: 0.1
+
+
+def test_benchmark_ntk_prints_the_scaling_table(capsys):
+    assert main(["benchmark", "ntk", "--ns", "20", "40", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("NTK vs full-data Laplace hyper-step time, small-cnn")
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["20", "40"] and rows[0][2] == rows[0][4] == "1.00"
