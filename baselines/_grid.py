@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 
 from bench.method import FINISHED, Context, Method
+from bench.options import require_bool, require_int
 
 
 class GridSearch(Method):
@@ -17,6 +18,9 @@ class GridSearch(Method):
         self.retrain_all = retrain_all
 
     def start(self, context: Context) -> None:
+        if self.max_trials is not None:
+            require_int("max_trials", self.max_trials, 1)
+        require_bool("retrain_all", self.retrain_all)
         super().start(context)
         names = [p.name for p in context.space]
         grid = [dict(zip(names, values))

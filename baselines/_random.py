@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.method import FINISHED, Context, Method
+from bench.options import require_int
 from bench.space import Param
 
 
@@ -24,6 +25,7 @@ class RandomSearch(Method):
         self.trials = trials
 
     def start(self, context: Context) -> None:
+        require_int("trials", self.trials, 1)
         super().start(context)
         self.rng_ = np.random.default_rng(context.seed)
         self.suggested_ = 0

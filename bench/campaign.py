@@ -13,7 +13,7 @@ from typing import Callable
 
 from bench import schema as S
 from bench.errors import BenchError
-from bench.method import FINISHED, Context, Method, Result, search_space
+from bench.method import FINISHED, Context, Method, Result
 from bench.suite import Budget
 from bench.task import Task
 from bench.trial import TrialSpec, execute_trial
@@ -58,10 +58,10 @@ class Campaign:
         self.spent_s = 0.0
         self.method_done = False
         self.number = 0  # position in the suite, set when it starts
-        self.cap_s = task.cap_s or budget.cap_s
+        context = Context.of(task, seed, budget, discrete)
+        self.cap_s = context.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
-        method.start(Context(task, search_space(task), seed, self.cap_s, budget.workers,
-                             discrete))
+        method.start(context)
 
     @property
     def res(self) -> float:

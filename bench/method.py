@@ -37,6 +37,13 @@ class Context:
     #: only each parameter's grid values may be suggested (replaying recorded runs)
     discrete: bool = False
 
+    @classmethod
+    def of(cls, task: Task, seed: int, budget, discrete: bool = False) -> Context:
+        """The context of ``task``'s campaign for ``seed`` under ``budget`` (a
+        ``bench.suite.Budget``): the cap is the task's own if it sets one."""
+        return cls(task, search_space(task), seed, task.cap_s or budget.cap_s, budget.workers,
+                   discrete)
+
 
 @dataclass(frozen=True)
 class Result:

@@ -50,7 +50,7 @@ from bench.method import FINISHED
 from bench.published import SOURCES, config_key, published_bo, published_runs
 from bench.records import frame, read_trials, write_json, write_table, write_text
 from bench.space import Param
-from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys
+from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys, check_starts
 
 REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
 
@@ -221,6 +221,9 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         methods.append(spec)
     if not methods:
         raise BenchError(f"{origin}: no [methods.*] tables")
+    for spec in methods:
+        check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
+                     discrete=True)
     bo = bool(raw.get("bo", False))
     if bo and not (records.startswith("published:")
                    and SOURCES.get(records.removeprefix("published:"), (0, 0, None))[2]):

@@ -25,14 +25,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.options import is_number, require_bool, require_int, require_positive
+from bench.method import Context, Method
 from bench.plugins import build_method
 from bench.space import Param
 from bench.task import Task
@@ -48,14 +48,11 @@ class Budget:
     cap_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.workers, int) and self.workers >= 1):
-            raise BenchError(f"budget.workers must be an integer >= 1, got {self.workers!r}")
-        if not _number(self.cpus_per_worker) or self.cpus_per_worker <= 0:
-            raise BenchError(f"budget.cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
-        if not _number(self.gpus_per_worker) or self.gpus_per_worker < 0:
+        require_int("budget.workers", self.workers, 1)
+        require_positive("budget.cpus_per_worker", self.cpus_per_worker)
+        if not is_number(self.gpus_per_worker) or self.gpus_per_worker < 0:
             raise BenchError(f"budget.gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
-        if not _number(self.cap_s) or self.cap_s <= 0:
-            raise BenchError(f"budget.cap_s must be a number > 0, got {self.cap_s!r}")
+        require_positive("budget.cap_s", self.cap_s)
 
     @property
     def resources_per_worker(self) -> float:
@@ -83,10 +80,6 @@ class Suite:
     source: str  # the TOML text, kept with the records
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_keys(where: str, table: Any, allowed) -> dict:
     if not isinstance(table, dict):
         raise BenchError(f"{where} must be a table")
@@ -98,9 +91,10 @@ def _check_keys(where: str, table: Any, allowed) -> dict:
 
 
 def _build(where: str, cls, table: dict):
+    """``cls(**table)``; a bad key or value is refused with where it was found."""
     try:
         return cls(**table)
-    except TypeError as err:
+    except (TypeError, BenchError) as err:
         raise BenchError(f"{where}: {err}") from None
 
 
@@ -116,17 +110,35 @@ def _task_table(where: str, table: Any) -> dict:
     for name, spec in space.items():
         spec = _check_keys(f"{where} space.{name}", spec, PARAM_KEYS)
         grid = spec.get("grid")
-        if not (isinstance(grid, list) and grid and all(_number(v) for v in grid)):
+        if not (isinstance(grid, list) and grid and all(is_number(v) for v in grid)):
             raise BenchError(f"{where} space.{name}: grid must be a non-empty list of numbers")
         low = spec.get("low", min(grid))
         high = spec.get("high", max(grid))
-        if not (_number(low) and _number(high)):
+        if not (is_number(low) and is_number(high)):
             raise BenchError(f"{where} space.{name}: low and high must be numbers")
-        params.append(Param(name, float(low), float(high), tuple(float(v) for v in grid),
-                            bool(spec.get("log", True))))
+        log = spec.get("log", True)
+        require_bool(f"{where} space.{name}: log", log)
+        params.append(Param(name, float(low), float(high), tuple(float(v) for v in grid), log))
     table["space"] = tuple(params)
     return table
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
+
+
+def check_starts(where: str, spec: MethodSpec, tasks, seeds, budget: Budget,
+                 discrete: bool = False) -> None:
+    """Build the method and start it on every task and seed, as its campaigns will: an
+    unknown plugin, a bad option or a method that cannot start is refused now, before
+    anything runs or is written (a method validates its options in ``start``)."""
+    for task in tasks:
+        for seed in seeds:
+            try:
+                spec.build().start(Context.of(task, seed, budget, discrete))
+            except BenchError as err:
+                raise BenchError(f"{where}: {err}") from None
+            except Exception as err:  # noqa: BLE001 - a plugin's start() failing is bad input
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise BenchError(f"{where}: cannot start on task {task.name}, seed {seed}: "
+                                 f"{type(err).__name__}: {first}") from None
 
 
 def parse_suite(text: str, origin: str = "suite") -> Suite:
@@ -137,8 +149,10 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
     _check_keys(origin, raw, ["name", "seeds", "budget", "tasks", "methods"])
     name = raw.get("name", Path(origin).stem)
     seeds = raw.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
-        raise BenchError(f"{origin}: seeds must be a non-empty list of integers")
+    if not (isinstance(seeds, list) and seeds
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise BenchError(f"{origin}: seeds must be a non-empty list of integers >= 0, "
+                         f"got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"{origin}: seeds repeat")
     budget = _build(f"{origin} [budget]", Budget,
@@ -158,7 +172,7 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
     for label, options in methods_raw.items():
         options = dict(_check_keys(f"{origin} [methods.{label}]", options, options or {}))
         spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
-        spec.build()  # unknown plugin or option: refused now, before anything runs
+        check_starts(f"{origin} [methods.{label}]", spec, tasks, seeds, budget)
         methods.append(spec)
     return Suite(str(name), tasks, tuple(methods), tuple(seeds), budget, text)
 

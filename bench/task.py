@@ -12,6 +12,7 @@ import torch
 from bench.backbones import backbone_info, build_backbone
 from bench.data import dataset_info, load_dataset, prepare_images, stratified_indices, stratified_split
 from bench.errors import BenchError
+from bench.options import require_int, require_positive
 from bench.network import Network
 from bench.regularizers import regularizer_class
 from bench.space import LR, Param
@@ -38,6 +39,17 @@ class Task:
     cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
 
     def __post_init__(self) -> None:
+        for key in ("dataset", "backbone", "regularizer", "name"):
+            if not isinstance(getattr(self, key), str):
+                raise BenchError(f"task {key} must be a string, got {getattr(self, key)!r}")
+        require_int("task n", self.n, 2)
+        require_int("task steps", self.steps, 1)
+        require_int("task batch_size", self.batch_size, 1)
+        for key in ("image_size", "test_limit"):
+            if getattr(self, key) is not None:
+                require_int(f"task {key}", getattr(self, key), 1)
+        if self.cap_s is not None:
+            require_positive("task cap_s", self.cap_s)
         dataset_info(self.dataset)
         info = backbone_info(self.backbone)
         defaults = {p.name for p in (LR, *regularizer_class(self.regularizer).space)}
@@ -48,16 +60,6 @@ class Task:
         if self.image_size is None:
             object.__setattr__(self, "image_size", info.default_size)
         info.check_image_size(self.image_size)
-        if self.n < 2:
-            raise BenchError(f"task N must be >= 2, got {self.n}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise BenchError(f"task steps and batch_size must be >= 1, got {self.steps}, "
-                             f"{self.batch_size}")
-        if self.cap_s is not None and not (isinstance(self.cap_s, (int, float))
-                                           and 0 < self.cap_s < float("inf")):
-            raise BenchError(f"task cap_s must be a number > 0, got {self.cap_s!r}")
-        if self.test_limit is not None and self.test_limit < 1:
-            raise BenchError(f"test_limit must be >= 1, got {self.test_limit}")
         if not self.name:
             object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from torch.func import functional_call
 
 from bench import schema as S
 from bench.errors import BenchError
+from bench.options import is_number, require_int, require_positive, require_positives
 from bench.method import FINISHED, Context, FitData, Fitted, Method, Report, Result
 from bench.train import TrainingDiverged, batch_stream, optimizer_step
 
@@ -91,23 +91,16 @@ class DEELBo(Method):
     # -- options
 
     def _check_options(self) -> None:
-        lrs = tuple(self.lrs)
-        if not lrs or not all(isinstance(v, Real) and math.isfinite(v) and v > 0 for v in lrs):
-            raise BenchError(f"{self.name}: lrs must be positive numbers, got {self.lrs!r}")
-        if self.kappa != DATA_EMPHASIZED and not (
-                isinstance(self.kappa, Real) and math.isfinite(self.kappa) and self.kappa > 0):
-            raise BenchError(f"{self.name}: kappa must be {DATA_EMPHASIZED!r} or a positive "
-                             f"number, got {self.kappa!r}")
-        if not (isinstance(self.sigma_init, Real) and 0 < self.sigma_init < math.inf):
-            raise BenchError(f"{self.name}: sigma_init must be > 0, got {self.sigma_init!r}")
-        if not (isinstance(self.momentum, Real) and 0 <= self.momentum < 1):
-            raise BenchError(f"{self.name}: momentum must be in [0, 1), got {self.momentum!r}")
-        if self.clip_norm is not None and not (isinstance(self.clip_norm, Real)
-                                               and self.clip_norm > 0):
-            raise BenchError(f"{self.name}: clip_norm must be > 0 or None, got {self.clip_norm!r}")
-        if not (isinstance(self.objective_samples, int) and self.objective_samples >= 0):
-            raise BenchError(f"{self.name}: objective_samples must be an integer >= 0, "
-                             f"got {self.objective_samples!r}")
+        require_positives("lrs", self.lrs)
+        if self.kappa != DATA_EMPHASIZED and not (is_number(self.kappa) and self.kappa > 0):
+            raise BenchError(f"kappa must be {DATA_EMPHASIZED!r} or a number > 0, "
+                             f"got {self.kappa!r}")
+        require_positive("sigma_init", self.sigma_init)
+        if not (is_number(self.momentum) and 0 <= self.momentum < 1):
+            raise BenchError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.clip_norm is not None:
+            require_positive("clip_norm", self.clip_norm)
+        require_int("objective_samples", self.objective_samples, 0)
 
     def kappa_for(self, d: int, n: int) -> float:
         """kappa for D parameters and N training examples."""

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.errors import BenchError
+from bench.options import require_int
 from bench.network import Network
 from bench.train import Split
 from methods._prior import MarglikMethod, PriorGroups, check_choice
@@ -100,8 +100,7 @@ class LaplaceEstimator:
                  likelihood: str = "classification", sigma_noise: float = 1.0) -> None:
         check_choice("hessian", hessian, HESSIANS)
         check_choice("curvature", curvature, CURVATURES)
-        if fit_batch_size < 1:
-            raise BenchError(f"fit_batch_size must be >= 1, got {fit_batch_size}")
+        require_int("fit_batch_size", fit_batch_size, 1)
         self.hessian, self.curvature = hessian, curvature
         self.fit_batch_size = fit_batch_size
         self.likelihood, self.sigma_noise = likelihood, sigma_noise

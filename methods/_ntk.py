@@ -58,6 +58,7 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 from bench.errors import BenchError
+from bench.options import require_bool, require_int, require_positive
 from bench.network import Network
 from bench.train import Split
 from methods._prior import MarglikMethod, PriorGroups, check_choice
@@ -227,10 +228,9 @@ class NTKEstimator:
                  max_jacobian_mb: float = 256.0, likelihood: str = "classification",
                  sigma_noise: float = 1.0) -> None:
         check_choice("kernel", kernel, KERNELS)
-        if subset_size < 1:
-            raise BenchError(f"subset_size must be >= 1, got {subset_size}")
-        if max_jacobian_mb <= 0:
-            raise BenchError(f"max_jacobian_mb must be > 0, got {max_jacobian_mb}")
+        require_int("subset_size", subset_size, 1)
+        require_bool("balanced", balanced)
+        require_positive("max_jacobian_mb", max_jacobian_mb)
         self.subset_size, self.kernel, self.balanced = subset_size, kernel, balanced
         self.max_jacobian_mb = max_jacobian_mb
         self.likelihood, self.sigma_noise = likelihood, sigma_noise

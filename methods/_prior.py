@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.options import require_int, require_positive, require_positives
 from bench.method import FINISHED, Context, FitData, Fitted, Method, Report
 from bench.network import Network
 from bench.train import Split, TrainingDiverged, batch_stream, optimizer_step
@@ -239,11 +240,15 @@ class MarglikMethod(Method):
     uses_validation: ClassVar[bool] = False
 
     def start(self, context: Context) -> None:
+        require_positives("lrs", self.lrs)
         check_choice("groups", self.groups, GROUPINGS)
-        self.make_estimator()  # validates the options before any trial runs
+        require_int("burnin_epochs", self.burnin_epochs, 0)
+        require_int("every_epochs", self.every_epochs, 1)
+        require_int("hyper_steps", self.hyper_steps, 1)
+        require_positive("hyper_lr", self.hyper_lr)
+        require_positive("prior_prec_init", self.prior_prec_init)
+        self.make_estimator()  # validates the estimator's options
         super().start(context)
-        if not self.lrs:
-            raise BenchError(f"{self.name}: lrs must name at least one learning rate")
         self.pending_ = [float(lr) for lr in self.lrs]
 
     def suggest(self, trial_id: str):

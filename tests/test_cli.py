@@ -15,7 +15,7 @@ from bench.cli import main
     (["train", "--hp", "gamma=1"], "no hyperparameter gamma"),
     (["train", "--hp", "alpha"], "expected NAME=NUMBER"),
     (["train", "--lr", "-1"], "lr must be a positive number"),
-    (["train", "--steps", "0"], "steps and batch_size must be >= 1"),
+    (["train", "--steps", "0"], "task steps must be an integer >= 1, got 0"),
     (["train", "--backbone", "efficientnet-lite0", "--image-size", "28"], "image_size >= 32"),
     (["train", "--dataset", "digits", "--n", "5000"], "exceeds the 1438 training examples"),
     (["list", "things"], "invalid choice"),

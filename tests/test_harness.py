@@ -10,6 +10,8 @@ import pytest
 
 from bench import schema as S
 from bench.cli import main
+from bench.errors import BenchError
+from bench.suite import parse_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.toml"
@@ -116,6 +118,28 @@ BAD_SUITES = [
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nsteps = 5000\n"
      "cap_s = 0.05\n", "is smaller than one trial"),
     ("[methods.random]\ntrials = 1\n[methods.random]\ntrials = 2\n", "malformed TOML"),
+    ("[budget]\ncap_s = inf\n", "cap_s must be a number > 0, got inf"),
+    ("[budget]\ncap_s = true\n", "cap_s must be a number > 0, got True"),
+    ("seeds = [-1]\n", "seeds must be a non-empty list of integers >= 0"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 50.5\nbackbone = 'small-cnn'\n",
+     "task 1: task n must be an integer >= 2, got 50.5"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 'many'\nbackbone = 'small-cnn'\n",
+     "task n must be an integer >= 2, got 'many'"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nsteps = 0\n",
+     "task steps must be an integer >= 1, got 0"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
+     "lr = { grid = [0.1], log = 'yes' }\n", "space.lr: log must be true or false"),
+    # method options are checked by starting each method on every task and seed
+    ("[methods.random]\ntrials = -5\n", "[methods.random]: trials must be an integer >= 1"),
+    ("[methods.random]\ntrials = 'ten'\n", "trials must be an integer >= 1, got 'ten'"),
+    ("[methods.grid]\nmax_trials = 0\n", "max_trials must be an integer >= 1, got 0"),
+    ("[methods.grid]\nretrain_all = 1\n", "retrain_all must be true or false, got 1"),
+    ("[methods.tpe]\nstartup_trials = -1\n", "startup_trials must be an integer >= 0"),
+    ("[methods.de-elbo]\nlrs = []\n", "[methods.de-elbo]: lrs must be a non-empty list"),
+    ("[methods.ntk-marglik]\nlrs = [-0.1]\n", "lrs must be a non-empty list of numbers > 0"),
+    ("[methods.laplace-marglik]\nhyper_steps = 0\n", "hyper_steps must be an integer >= 1"),
+    ("[methods.ntk-marglik]\nsubset_size = 2.5\n", "subset_size must be an integer >= 1"),
+    ("[methods.elbo]\nkappa = true\n", "kappa must be 'data-emphasized' or a number > 0"),
 ]
 
 BASE = """name = "bad"
@@ -151,6 +175,19 @@ def test_bad_suites_exit_2_with_one_line_and_write_nothing(snippet, message, tmp
     assert message in err, err
     assert err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_method_that_cannot_start_is_refused_with_where(monkeypatch):
+    import baselines
+
+    def start(self, context):
+        raise ZeroDivisionError("boom\nsecond line")
+
+    monkeypatch.setattr(baselines.GridSearch, "start", start)
+    with pytest.raises(BenchError) as err:
+        parse_suite(_merge("[methods.grid]\n"), "s.toml")
+    assert str(err.value) == ("s.toml [methods.grid]: cannot start on task digits-N60-small-cnn, "
+                              "seed 0: ZeroDivisionError: boom")
 
 
 def test_output_that_is_a_file_is_refused(tmp_path, capsys):
