@@ -10,11 +10,17 @@ import optuna
 
 from bench.errors import BenchError
 from bench.method import FINISHED, Context, Method, Result
+from bench.options import require_int
 from bench.schema import OK, PRUNED
 
+# Pruners by name, made for a task's optimiser steps. Successive halving's min_resource is
+# what its "auto" would estimate from a finished trial (last step / 100), fixed up front:
+# "auto" keeps its first estimate, made whenever some trial first reports after another
+# has finished, which is a matter of timing
 PRUNERS = {
-    "successive-halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+    "successive-halving": lambda steps: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=max(steps // 100, 1)),
+    "median": lambda steps: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
 }
 
 
@@ -29,6 +35,8 @@ class TPESearch(Method):
         return optuna.pruners.NopPruner()
 
     def start(self, context: Context) -> None:
+        require_int("trials", self.trials, 1)
+        require_int("startup_trials", self.startup_trials, 0)
         super().start(context)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(
@@ -63,23 +71,65 @@ class TPESearch(Method):
             self.study_.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
+class _HeardStudy:
+    """The study as one pruning decision sees it: the trial being decided and the trials
+    whose results the method had heard when that trial was suggested. Trials running
+    beside it are hidden, so how far they got (a matter of timing) cannot sway it: the
+    pruning counterpart of the harness's lagged, in-order results."""
+
+    def __init__(self, study: optuna.Study, numbers: frozenset[int]) -> None:
+        self._study, self._numbers = study, numbers
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.number in self._numbers]
+
+    def __getattr__(self, name: str):  # direction, storage, ...: the study's own
+        return getattr(self._study, name)
+
+
 class PrunedTPESearch(TPESearch):
+    """TPE with Optuna's pruner on per-epoch validation NLL. A trial is compared only
+    with the trials heard before it was suggested (``_HeardStudy``), and the pruner keeps
+    no state of its own, so the same seed prunes the same trials whatever order parallel
+    trials report in."""
+
     name = "tpe-prune"
     reports_validation = True
 
     def __init__(self, trials: int = 30, startup_trials: int = 5,
                  pruner: str = "successive-halving") -> None:
         super().__init__(trials, startup_trials)
-        if pruner not in PRUNERS:  # refused when the suite is read, not mid-run
-            raise BenchError(f"unknown pruner {pruner!r}; known: {', '.join(PRUNERS)}")
         self.pruner = pruner
 
+    def start(self, context: Context) -> None:
+        if self.pruner not in PRUNERS:
+            raise BenchError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
+        super().start(context)
+        self.heard_: set[int] = set()
+        self.visible_: dict[str, frozenset[int]] = {}
+
     def _pruner(self) -> optuna.pruners.BasePruner:
-        return PRUNERS[self.pruner]()
+        return PRUNERS[self.pruner](self.context_.task.steps)
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            own = self.running_[trial_id].number
+            self.visible_[trial_id] = frozenset(self.heard_ | {own})
+        return config
+
+    def on_result(self, result: Result) -> None:
+        trial = self.running_.get(result.trial_id)
+        if trial is not None:
+            self.heard_.add(trial.number)
+        super().on_result(result)
 
     def on_report(self, trial_id: str, step: int, metrics: dict[str, float]) -> bool:
         trial = self.running_.get(trial_id)
         if trial is None or "val_nll" not in metrics:
             return False
         trial.report(metrics["val_nll"], step)
-        return trial.should_prune()
+        view = _HeardStudy(self.study_, self.visible_[trial_id])
+        frozen = next(t for t in view.get_trials(deepcopy=False) if t.number == trial.number)
+        return self.study_.pruner.prune(view, frozen)
