@@ -89,10 +89,11 @@ class _HeardStudy:
 
 
 class PrunedTPESearch(TPESearch):
-    """TPE with Optuna's pruner on per-epoch validation NLL. A trial is compared only
-    with the trials heard before it was suggested (``_HeardStudy``), and the pruner keeps
-    no state of its own, so the same seed prunes the same trials whatever order parallel
-    trials report in."""
+    """TPE with Optuna's pruner on per-epoch validation NLL.
+
+    A trial is compared only with the trials heard before it was suggested
+    (``_HeardStudy``), and the pruner keeps no state of its own, so the same seed prunes
+    the same trials whatever order parallel trials report in."""
 
     name = "tpe-prune"
     reports_validation = True

@@ -48,7 +48,8 @@ def _cmd_list(args) -> int:
             cls = method_class(name)
             kind = "search " if cls.uses_validation else "learned"
             doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
-            print(f"{name:16} {kind}  {doc.splitlines()[0] if doc else ''}")
+            first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]  # first sentence
+            print(f"{name:16} {kind}  {first}")
     else:
         from bench.regularizers import REGULARIZERS
 
