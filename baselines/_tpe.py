@@ -107,7 +107,6 @@ class PrunedTPESearch(TPESearch):
         if self.pruner not in PRUNERS:
             raise BenchError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
         super().start(context)
-        self.heard_: set[int] = set()
         self.visible_: dict[str, frozenset[int]] = {}
 
     def _pruner(self) -> optuna.pruners.BasePruner:
@@ -115,16 +114,11 @@ class PrunedTPESearch(TPESearch):
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            own = self.running_[trial_id].number
-            self.visible_[trial_id] = frozenset(self.heard_ | {own})
+        if isinstance(config, dict):  # heard = told, so finished in the study
+            heard = {t.number for t in self.study_.get_trials(deepcopy=False)
+                     if t.state.is_finished()}
+            self.visible_[trial_id] = frozenset(heard | {self.running_[trial_id].number})
         return config
-
-    def on_result(self, result: Result) -> None:
-        trial = self.running_.get(result.trial_id)
-        if trial is not None:
-            self.heard_.add(trial.number)
-        super().on_result(result)
 
     def on_report(self, trial_id: str, step: int, metrics: dict[str, float]) -> bool:
         trial = self.running_.get(trial_id)
