@@ -54,6 +54,7 @@ def two_node_cluster(tmp_path, monkeypatch):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.ray
 def test_smoke_suite_runs_on_a_two_node_cluster(two_node_cluster, tmp_path):
     out = tmp_path / "out"
     suite = (ROOT / "suites" / "smoke.toml").read_text()

@@ -18,6 +18,7 @@ SMOKE = ROOT / "suites" / "smoke.toml"
 LEARNED_METHODS = {"de-elbo", "elbo", "laplace-marglik", "ntk-marglik"}
 
 
+@pytest.mark.ray
 def test_smoke_suite_writes_records_plot_and_report(smoke_run):
     for name in (S.TRIALS_FILE, S.REPORTS_FILE, S.METADATA_FILE, S.SUITE_FILE, S.REPORT_FILE,
                  S.PLOT_STEM + ".png", S.PLOT_STEM + ".svg"):
@@ -46,6 +47,7 @@ def test_smoke_suite_writes_records_plot_and_report(smoke_run):
     assert all(m in report for m in ("grid", "random", "tpe", "tpe-prune", *LEARNED_METHODS))
 
 
+@pytest.mark.ray
 def test_pruning_method_prunes_and_reports_reach_the_records(smoke_run):
     trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
     pruned = trials[(trials[S.METHOD] == "tpe-prune") & (trials[S.STATUS] == S.PRUNED)]
@@ -55,6 +57,7 @@ def test_pruning_method_prunes_and_reports_reach_the_records(smoke_run):
     assert tpe_prune[S.VAL_NLL].notna().any()
 
 
+@pytest.mark.ray
 def test_every_method_stays_within_the_cap(smoke_run):
     cap = json.loads((smoke_run / S.METADATA_FILE).read_text())["budget"]["cap_s"]
     trials = pd.read_parquet(smoke_run / S.TRIALS_FILE)
@@ -62,6 +65,7 @@ def test_every_method_stays_within_the_cap(smoke_run):
     assert (tuning.groupby([S.TASK, S.METHOD, S.SEED])[S.RESOURCE_S].sum() <= cap).all()
 
 
+@pytest.mark.ray
 def test_report_and_export_commands_read_a_run(smoke_run, capsys):
     assert main(["report", str(smoke_run)]) == 0
     assert "| grid |" in capsys.readouterr().out
@@ -70,6 +74,7 @@ def test_report_and_export_commands_read_a_run(smoke_run, capsys):
     assert len(table) == len(pd.read_parquet(smoke_run / S.TRIALS_FILE))
 
 
+@pytest.mark.ray
 def test_a_tight_cap_stops_trials_on_ray(tmp_path):
     suite = SMOKE.read_text().split("[methods.grid]")[0].replace("cap_s = 40", "cap_s = 4")
     suite = suite.replace("steps = 30", "steps = 150") + "[methods.random]\ntrials = 50\n"

@@ -69,6 +69,7 @@ REASONS = {"raise": "RuntimeError: injected fault",
            "die": "ActorDiedError"}
 
 
+@pytest.mark.ray
 def test_injected_faults_are_recorded_as_failed_and_the_suite_finishes(tmp_path, monkeypatch):
     suite = tmp_path / "faults.toml"
     suite.write_text(FAULT_SUITE)
@@ -168,6 +169,7 @@ def _stop_after(suite: Path, out: Path, completions: int, sig: int) -> subproces
     return proc
 
 
+@pytest.mark.ray
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(whole, tmp_path):
     suite = tmp_path / "resume.toml"
     suite.write_text(RESUME_SUITE)
@@ -212,6 +214,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(whole, t
         reports_b.drop(columns=drop).sort_values(key).reset_index(drop=True))
 
 
+@pytest.mark.ray
 def test_ctrl_c_leaves_a_run_to_resume(whole, tmp_path):
     suite = tmp_path / "resume.toml"
     suite.write_text(RESUME_SUITE)
@@ -255,6 +258,7 @@ def test_a_torn_journal_line_is_dropped(tmp_path):
     assert read_journal(path)[0][1] == {"event": "done", "campaign": 0, "at": 0.5}
 
 
+@pytest.mark.ray
 def test_the_smoke_suite_gives_the_same_records_twice(smoke_run, tmp_path):
     again = tmp_path / "again"
     assert main(["run", str(SMOKE), "--out", str(again), "--quiet"]) == 0
