@@ -36,8 +36,10 @@ class Campaign:
 
     def __init__(self, suite: str, task: Task, label: str, method: Method, seed: int,
                  budget: Budget, clock0: float, on_record=None,
-                 clock: Callable[[], float] = time.perf_counter, discrete: bool = False) -> None:
+                 clock: Callable[[], float] = time.perf_counter, discrete: bool = False,
+                 plugin: str | None = None) -> None:
         self.suite, self.task, self.label, self.method = suite, task, label, method
+        self.plugin = plugin or method.name  # recorded beside the label
         self.seed, self.budget, self.clock0 = seed, budget, clock0
         self.on_record = on_record
         self.log: Callable[[dict], None] | None = None  # journal, set by the queue
@@ -187,8 +189,8 @@ class Campaign:
         train_s = result.get(S.TRAIN_S) if final else None
         eval_s = result.get(S.EVAL_S) if final else None
         row = {
-            S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label, S.SEED: self.seed,
-            S.TRIAL_ID: own, S.KIND: kind, S.STATUS: status,
+            S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
+            S.PLUGIN: self.plugin, S.SEED: self.seed, S.TRIAL_ID: own, S.KIND: kind, S.STATUS: status,
             S.CONFIG: json.dumps(hp, sort_keys=True), S.RETRAIN_OF: retrain_of,
             S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
             S.RESOURCE_S: wall * self.res, S.CPU_S: wall * self.budget.cpus_per_worker,

@@ -30,7 +30,8 @@ OK, FAILED, OVER_BUDGET, PRUNED = "ok", "failed", "over_budget", "pruned"
 # trials.parquet columns
 SUITE = "suite"
 TASK = "task"
-METHOD = "method"
+METHOD = "method"  # the suite's label of the method
+PLUGIN = "plugin"  # the plugin the label ran (entry-point name); absent in older runs
 SEED = "seed"
 TRIAL_ID = "trial_id"
 KIND = "kind"
@@ -57,7 +58,7 @@ ERROR = "error"
 INFO = "info"  # JSON of method-specific outputs (learned lambda, winning lr, ...)
 
 TRIAL_COLUMNS = (
-    SUITE, TASK, METHOD, SEED, TRIAL_ID, KIND, STATUS, CONFIG, RETRAIN_OF,
+    SUITE, TASK, METHOD, PLUGIN, SEED, TRIAL_ID, KIND, STATUS, CONFIG, RETRAIN_OF,
     VAL_NLL, VAL_ACC, TEST_ACC, TEST_NLL, OBJECTIVE, STEPS_DONE,
     STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S, OVERHEAD_S,
     NODE, ERROR, INFO,
@@ -74,6 +75,9 @@ EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
 REPORT_COLUMNS = (SUITE, TASK, METHOD, SEED, TRIAL_ID, STEP, EPOCH, TRAIN_LOSS, VAL_NLL,
                   VAL_ACC, TRAIN_S, EVAL_S)
+
+# metadata.json: the label the analysis compares every method with (bench.rundir)
+REFERENCE = "reference"
 
 # curve table columns (bench.curves)
 COMPUTE_S = "compute_s"

@@ -2,6 +2,8 @@
 
     name = "quick"
     seeds = [0, 1, 2]
+    reference = "grid"     # the method label reports compare against (default: the
+                           # first label whose plugin is "grid"; none: the best method)
 
     [budget]
     workers = 2            # trials running at once
@@ -78,6 +80,7 @@ class Suite:
     seeds: tuple[int, ...]
     budget: Budget
     source: str  # the TOML text, kept with the records
+    reference: str | None = None  # the label every method is compared with
 
 
 def _check_keys(where: str, table: Any, allowed) -> dict:
@@ -146,7 +149,7 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"{origin}: malformed TOML: {err}") from None
-    _check_keys(origin, raw, ["name", "seeds", "budget", "tasks", "methods"])
+    _check_keys(origin, raw, ["name", "seeds", "budget", "tasks", "methods", "reference"])
     name = raw.get("name", Path(origin).stem)
     seeds = raw.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds
@@ -174,7 +177,20 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
         spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
         check_starts(f"{origin} [methods.{label}]", spec, tasks, seeds, budget)
         methods.append(spec)
-    return Suite(str(name), tasks, tuple(methods), tuple(seeds), budget, text)
+    return Suite(str(name), tasks, tuple(methods), tuple(seeds), budget, text,
+                 _reference(origin, raw.get("reference"), methods))
+
+
+def _reference(origin: str, reference: Any, methods: list[MethodSpec]) -> str | None:
+    """The label reports compare against: the suite's ``reference``, else the first label
+    whose plugin is the grid (None: reports fall back to the best method)."""
+    labels = [m.label for m in methods]
+    if reference is None:
+        return next((m.label for m in methods if m.plugin == "grid"), None)
+    if not isinstance(reference, str) or reference not in labels:
+        raise BenchError(f"{origin}: reference must be one of the method labels "
+                         f"({', '.join(labels)}), got {reference!r}")
+    return reference
 
 
 def load_suite(path: str | Path) -> Suite:
