@@ -26,6 +26,9 @@ LOCK_FILE = ".lock"  # held by the driver running into the directory
 SEARCH, RETRAIN, LEARNED = "search", "retrain", "learned"
 # statuses
 OK, FAILED, OVER_BUDGET, PRUNED = "ok", "failed", "over_budget", "pruned"
+# a configuration the campaign had already run: answered from that run's result (INFO
+# names it: {"repeat_of": trial id}), charged no compute
+REPEAT = "repeat"
 
 # trials.parquet columns
 SUITE = "suite"
@@ -40,6 +43,7 @@ CONFIG = "config"  # JSON of the hyperparameters
 RETRAIN_OF = "retrain_of"
 VAL_NLL = "val_nll"
 VAL_ACC = "val_acc"
+VAL_CLML = "val_clml"  # conditional log marginal likelihood (CLML records); higher is better
 TEST_ACC = "test_acc"
 TEST_NLL = "test_nll"
 OBJECTIVE = "objective"
@@ -59,7 +63,7 @@ INFO = "info"  # JSON of method-specific outputs (learned lambda, winning lr, ..
 
 TRIAL_COLUMNS = (
     SUITE, TASK, METHOD, PLUGIN, SEED, TRIAL_ID, KIND, STATUS, CONFIG, RETRAIN_OF,
-    VAL_NLL, VAL_ACC, TEST_ACC, TEST_NLL, OBJECTIVE, STEPS_DONE,
+    VAL_NLL, VAL_ACC, VAL_CLML, TEST_ACC, TEST_NLL, OBJECTIVE, STEPS_DONE,
     STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S, OVERHEAD_S,
     NODE, ERROR, INFO,
 )
