@@ -14,7 +14,9 @@ from bench.data import dataset_info, load_dataset, prepare_images, stratified_in
 from bench.errors import BenchError
 from bench.options import require_int, require_positive
 from bench.network import Network
+from bench.noise import LabelNoise
 from bench.regularizers import regularizer_class
+from bench.selflabel import SelfLabelingConfig
 from bench.space import LR, Param
 from bench.train import Split
 
@@ -37,6 +39,11 @@ class Task:
     name: str = ""
     space: tuple[Param, ...] = ()  # overrides of the default search space, by name
     cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
+    #: corrupt the N training labels: ``{ kind = "symmetric" | "pairflip", rate = 0.4 }``
+    label_noise: LabelNoise | None = None
+    #: train with self-labeling (Li & Zhang 2021), any regularizer: ``{}`` for the authors'
+    #: defaults; its options named in ``space`` are tuned
+    self_labeling: SelfLabelingConfig | None = None
 
     def __post_init__(self) -> None:
         for key in ("dataset", "backbone", "regularizer", "name"):
@@ -50,24 +57,38 @@ class Task:
                 require_int(f"task {key}", getattr(self, key), 1)
         if self.cap_s is not None:
             require_positive("task cap_s", self.cap_s)
+        if self.label_noise is not None:
+            object.__setattr__(self, "label_noise", LabelNoise.of(self.label_noise))
+        if self.self_labeling is not None:
+            object.__setattr__(self, "self_labeling", SelfLabelingConfig.of(self.self_labeling))
         dataset_info(self.dataset)
         info = backbone_info(self.backbone)
-        defaults = {p.name for p in (LR, *regularizer_class(self.regularizer).space)}
+        defaults = {p.name for p in self._tunable()}
         for param in self.space:
             if param.name not in defaults:
-                raise BenchError(f"task space: {self.regularizer} with lr has no hyperparameter "
-                                 f"{param.name!r}; it has: {', '.join(sorted(defaults))}")
+                what = " and self_labeling" if self.self_labeling else ""
+                raise BenchError(f"task space: {self.regularizer} with lr{what} has no "
+                                 f"hyperparameter {param.name!r}; it has: "
+                                 f"{', '.join(sorted(defaults))}")
         if self.image_size is None:
             object.__setattr__(self, "image_size", info.default_size)
         info.check_image_size(self.image_size)
         if not self.name:
-            object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}")
+            noise = f"-{self.label_noise.tag}" if self.label_noise else ""
+            object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}{noise}")
+
+    def _tunable(self) -> tuple[Param, ...]:
+        """Every hyperparameter ``space`` may name: lr, the regularizer's, self-labeling's."""
+        extra = SelfLabelingConfig.SPACE if self.self_labeling is not None else ()
+        return (LR, *regularizer_class(self.regularizer).space, *extra)
 
     def search_space(self) -> tuple[Param, ...]:
-        """The learning rate and the regularizer's hyperparameters, with overrides."""
+        """The learning rate and the regularizer's hyperparameters, with overrides, then
+        the self-labeling options that ``space`` names (the others stay fixed)."""
         override = {p.name: p for p in self.space}
         defaults = (LR, *regularizer_class(self.regularizer).space)
-        return tuple(override.get(p.name, p) for p in defaults)
+        tuned = tuple(p for p in self.space if p.name in SelfLabelingConfig.names())
+        return tuple(override.get(p.name, p) for p in defaults) + tuned
 
     def check_data(self) -> None:
         """Load the data set (slow) and check N fits its training pool."""
@@ -88,13 +109,17 @@ class Task:
         if self.test_limit is not None and self.test_limit < len(test_y):
             keep = stratified_indices(test_y, self.test_limit, 0)
             test_x, test_y = test_x[keep], test_y[keep]
-        return TaskData(self, seed, (prep(data.train_x[idx]), data.train_y[idx]),
-                        (prep(test_x), test_y), data.num_classes)
+        train_y, flipped = data.train_y[idx], None
+        if self.label_noise is not None:
+            train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed)
+        return TaskData(self, seed, (prep(data.train_x[idx]), train_y),
+                        (prep(test_x), test_y), data.num_classes, flipped=flipped)
 
 
 @dataclass(frozen=True, eq=False)
 class TaskData:
-    """A task's prepared tensors for one seed: all N training examples and the test set."""
+    """A task's prepared tensors for one seed: all N training examples and the test set;
+    ``flipped``: indices of the training labels its label noise corrupted (None: no noise)."""
 
     task: Task
     seed: int
@@ -102,13 +127,15 @@ class TaskData:
     test: Split
     num_classes: int
     device: torch.device = torch.device("cpu")
+    flipped: torch.Tensor | None = None
 
     def to(self, device) -> TaskData:
         """The same data on ``device``; networks it makes land there too."""
         if torch.device(device) == self.train[0].device:
             return self
         moved = [tuple(t.to(device) for t in split) for split in (self.train, self.test)]
-        return TaskData(self.task, self.seed, *moved, self.num_classes, torch.device(device))
+        return TaskData(self.task, self.seed, *moved, self.num_classes, torch.device(device),
+                        self.flipped)
 
     def split(self, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split]:
         """The stratified train/validation split of the N examples for this seed."""

@@ -24,6 +24,11 @@ def task_data(task: Task, seed: int, device: str = "cpu"):
     return task.load(seed).to(device)
 
 
+def noise_info(data) -> dict:
+    """How many of the N training labels the task's label noise flipped (if it has any)."""
+    return {} if data.flipped is None else {"label_noise_flipped": len(data.flipped)}
+
+
 def trial_device(gpus: float) -> str:
     """The GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
     import torch
@@ -74,7 +79,7 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
             S.STATUS: S.OK, f"{prefix}_nll": scores["nll"], f"{prefix}_acc": scores["acc"],
             S.OBJECTIVE: fitted.objective, S.STEPS_DONE: fitted.steps_done,
             S.TRAIN_S: fitted.train_s, S.EVAL_S: eval_s,
-            S.INFO: json.dumps(fitted.info, default=float),
+            S.INFO: json.dumps(fitted.info | noise_info(data), default=float),
         }
     except Exception as err:  # noqa: BLE001 - a failing trial (MemoryError too) is a record
         final |= {S.STATUS: S.FAILED, S.ERROR: f"{type(err).__name__}: {err}"[:500],

@@ -1,0 +1,191 @@
+"""Label noise (bench.noise) and self-labeling (bench.selflabel), Li & Zhang 2021."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bench.errors import BenchError
+from bench.noise import LabelNoise
+from bench.selflabel import (AUTHORS_EPOCHS, SelfLabelingConfig, authors_epoch, relabel,
+                             reweighting, temperature_at)
+from bench.suite import parse_suite
+from bench.task import Task
+
+C = 10
+P_FAIL = 1e-6  # each binomial check may fail by chance this rarely
+
+
+def within_binomial(count: int, n: int, p: float) -> bool:
+    low, high = stats.binom.interval(1 - P_FAIL, n, p)
+    return low <= count <= high
+
+
+@pytest.fixture(scope="module")
+def big_labels() -> torch.Tensor:
+    return torch.arange(100_000) % C  # 10,000 of each class
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.8])
+def test_symmetric_noise_rate_and_uniform_other_classes(big_labels, rate):
+    noisy, flipped = LabelNoise("symmetric", rate).corrupt(big_labels, C, seed=0)
+    changed = torch.nonzero(noisy != big_labels).flatten()
+    assert torch.equal(changed, flipped)  # a flip always lands on another class
+    assert within_binomial(len(flipped), len(big_labels), rate)
+    for c in range(C):  # from class c: uniform over the C - 1 others, never c itself
+        targets = noisy[flipped][big_labels[flipped] == c]
+        counts = torch.bincount(targets, minlength=C)
+        assert counts[c] == 0
+        for other in set(range(C)) - {c}:
+            assert within_binomial(int(counts[other]), len(targets), 1 / (C - 1))
+    # the noisy labels' class distribution stays balanced (symmetric noise preserves it)
+    for count in torch.bincount(noisy, minlength=C).tolist():
+        assert within_binomial(count, len(noisy), 1 / C)
+
+
+def test_pairflip_goes_to_the_next_class(big_labels):
+    noisy, flipped = LabelNoise("pairflip", 0.3).corrupt(big_labels, C, seed=1)
+    assert within_binomial(len(flipped), len(big_labels), 0.3)
+    assert torch.equal(noisy[flipped], (big_labels[flipped] + 1) % C)
+    kept = torch.ones(len(noisy), dtype=torch.bool)
+    kept[flipped] = False
+    assert torch.equal(noisy[kept], big_labels[kept])
+
+
+def test_noise_is_fixed_by_the_seed_and_leaves_the_input_alone(big_labels):
+    before = big_labels.clone()
+    noise = LabelNoise("symmetric", 0.4)
+    a, fa = noise.corrupt(big_labels, C, seed=7)
+    b, fb = noise.corrupt(big_labels, C, seed=7)
+    c, fc = noise.corrupt(big_labels, C, seed=8)
+    assert torch.equal(a, b) and torch.equal(fa, fb)
+    assert not torch.equal(fa, fc) and not torch.equal(a, c)
+    assert torch.equal(big_labels, before)
+    clean, none = LabelNoise("symmetric", 0.0).corrupt(big_labels, C, seed=7)
+    assert torch.equal(clean, big_labels) and len(none) == 0
+
+
+@pytest.mark.parametrize("table, field", [
+    ({"kind": "uniform", "rate": 0.2}, "label_noise.kind"),
+    ({"kind": "symmetric", "rate": 1.0}, "label_noise.rate"),
+    ({"kind": "symmetric", "rate": -0.1}, "label_noise.rate"),
+    ({"kind": "symmetric", "rate": "0.2"}, "label_noise.rate"),
+    ({"kind": "symmetric", "rate": True}, "label_noise.rate"),
+    ({"kind": "symmetric"}, "rate"),
+    ({"kind": "symmetric", "rate": 0.2, "seed": 3}, "'seed'"),
+    (0.4, "label_noise"),
+])
+def test_bad_label_noise_is_one_line_naming_the_field(table, field):
+    with pytest.raises(BenchError) as err:
+        Task("digits", 100, "small-cnn", label_noise=table)
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_task_name_mentions_the_noise_and_tasks_differ_by_it():
+    clean = Task("digits", 100, "small-cnn")
+    sym = Task("digits", 100, "small-cnn", label_noise={"kind": "symmetric", "rate": 0.4})
+    pair = Task("digits", 100, "small-cnn", label_noise={"kind": "pairflip", "rate": 0.2})
+    assert sym.name.endswith("-sym40") and pair.name.endswith("-pair20")
+    assert len({clean.name, sym.name, pair.name}) == 3
+    assert hash(sym) != hash(pair)  # tasks key the workers' data cache
+
+
+def test_task_noise_corrupts_training_labels_only():
+    clean = Task("digits", 300, "small-cnn", test_limit=200).load(seed=2)
+    task = Task("digits", 300, "small-cnn", test_limit=200,
+                label_noise={"kind": "symmetric", "rate": 0.4})
+    noisy = task.load(seed=2)
+    assert torch.equal(noisy.train[0], clean.train[0])  # the same N examples
+    assert torch.equal(noisy.test[0], clean.test[0]) and torch.equal(noisy.test[1], clean.test[1])
+    changed = torch.nonzero(noisy.train[1] != clean.train[1]).flatten()
+    assert torch.equal(changed, noisy.flipped) and clean.flipped is None
+    assert within_binomial(len(changed), 300, 0.4)
+    (_, ytr), (_, yva) = noisy.split()  # the search methods' splits are noisy too
+    assert sorted(torch.cat([ytr, yva]).tolist()) == sorted(noisy.train[1].tolist())
+    again = task.load(seed=2)
+    other = task.load(seed=3)
+    assert torch.equal(again.flipped, noisy.flipped)
+    assert not torch.equal(other.flipped, noisy.flipped)
+
+
+def test_suite_reads_label_noise_and_refuses_a_bad_one():
+    text = """
+    [budget]
+    cap_s = 60
+    [[tasks]]
+    dataset = "digits"
+    n = 100
+    backbone = "small-cnn"
+    label_noise = { kind = "pairflip", rate = 0.2 }
+    [methods.random]
+    trials = 2
+    """
+    suite = parse_suite(text)
+    assert suite.tasks[0].label_noise == LabelNoise("pairflip", 0.2)
+    with pytest.raises(BenchError, match="task 1: task label_noise.rate"):
+        parse_suite(text.replace("rate = 0.2", "rate = 1.5"))
+
+
+# ------------------------------------------------------------------ self-labeling
+
+
+def test_relabel_only_above_the_threshold():
+    probs = torch.tensor([[0.95, 0.05, 0.0],   # confident, disagrees with label 1: relabel
+                          [0.90, 0.10, 0.0],   # at the threshold, not above: keep
+                          [0.05, 0.94, 0.01],  # confident, agrees: nothing to change
+                          [0.50, 0.30, 0.20]])  # unsure: keep
+    labels = torch.tensor([1, 1, 1, 2])
+    mask, predicted = relabel(probs, labels, 0.9)
+    assert mask.tolist() == [True, False, False, False]
+    assert predicted[mask].tolist() == [0]
+
+
+def test_reweighting_sums_to_the_batch_size_and_favours_low_loss():
+    losses = torch.tensor([0.1, 0.5, 2.0, 4.0, 0.1], requires_grad=True)
+    w = reweighting(losses, temperature=2.0)
+    assert not w.requires_grad
+    assert math.isclose(float(w.sum()), len(losses), rel_tol=1e-6)
+    assert (w[:-1].diff() < 0).all() and w[0] == w[4]  # lower loss, higher weight
+    assert math.isclose(float(w[0] / w[1]), math.exp(0.4 / 2.0), rel_tol=1e-6)
+    cold, hot = reweighting(losses, 0.5), reweighting(losses, 100.0)
+    assert cold[0] > w[0] and torch.allclose(hot, torch.ones(5), atol=0.05)
+
+
+def test_epochs_scale_to_the_tasks_steps():
+    assert authors_epoch(0, 300) == 1
+    assert authors_epoch(90, 300) == 10  # the authors' epoch 10 begins 9/30 in
+    assert math.isclose(authors_epoch(300, 300), AUTHORS_EPOCHS + 1)
+    config = SelfLabelingConfig()  # T = 2, reweighting from epoch 5
+    assert temperature_at(5.5, config) == temperature_at(6.9, config) == 2.0
+    assert math.isclose(temperature_at(7.0, config), 2.0 * math.exp(-0.1))
+    assert temperature_at(30.0, config) == 1.0  # floor: half the start
+
+
+@pytest.mark.parametrize("table, field", [
+    ({"correct_threshold": 1.0}, "correct_threshold"),
+    ({"temperature": 0}, "temperature"),
+    ({"correct_epoch": 0}, "correct_epoch"),
+    ({"reweight_epoch": "5"}, "reweight_epoch"),
+    ({"temp": 2}, "'temp'"),
+])
+def test_bad_self_labeling_is_one_line_naming_the_field(table, field):
+    with pytest.raises(BenchError) as err:
+        Task("digits", 100, "small-cnn", self_labeling=table)
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_self_labeling_options_join_the_search_space_when_named():
+    from bench.space import Param
+
+    task = Task("digits", 100, "small-cnn", self_labeling={})
+    assert task.self_labeling == SelfLabelingConfig()
+    assert [p.name for p in task.search_space()] == ["lr", "alpha", "beta"]
+    t = Param("temperature", 1.0, 4.0, grid=(1.0, 4.0))
+    tuned = Task("digits", 100, "small-cnn", self_labeling={"correct_epoch": 3}, space=(t,))
+    assert [p.name for p in tuned.search_space()] == ["lr", "alpha", "beta", "temperature"]
+    assert tuned.self_labeling.with_values({"temperature": 3.0, "alpha": 1e-3}) == \
+        SelfLabelingConfig(correct_epoch=3, temperature=3.0)
+    with pytest.raises(BenchError, match="no hyperparameter 'temperature'"):
+        Task("digits", 100, "small-cnn", space=(t,))  # not without self_labeling
