@@ -1,4 +1,8 @@
-"""Grid search: the full product grid, in a random order fixed by the seed."""
+"""Grid search: the full product grid, in a random order fixed by the seed.
+
+``select_by`` names what picks the incumbent: ``"val_nll"`` (validation NLL, the default)
+or ``"clml"`` (the highest conditional log marginal likelihood, a validation-free rule;
+only replays of records that carry it: ``published:cifar10-convnext-clml``)."""
 
 from __future__ import annotations
 
@@ -6,21 +10,32 @@ import itertools
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.method import FINISHED, Context, Method
 from bench.options import require_bool, require_int
+
+SELECTION_RULES = ("val_nll", "clml")
 
 
 class GridSearch(Method):
     name = "grid"
 
-    def __init__(self, max_trials: int | None = None, retrain_all: bool = False) -> None:
+    def __init__(self, max_trials: int | None = None, retrain_all: bool = False,
+                 select_by: str = "val_nll") -> None:
         self.max_trials = max_trials
         self.retrain_all = retrain_all
+        self.select_by = select_by
 
     def start(self, context: Context) -> None:
         if self.max_trials is not None:
             require_int("max_trials", self.max_trials, 1)
         require_bool("retrain_all", self.retrain_all)
+        if self.select_by not in SELECTION_RULES:
+            raise BenchError(f"select_by must be one of {', '.join(SELECTION_RULES)}, "
+                             f"got {self.select_by!r}")
+        if self.select_by == "clml" and not context.discrete:
+            raise BenchError('select_by = "clml" needs recorded CLML: only in a replay of '
+                             "published:cifar10-convnext-clml")
         super().start(context)
         names = [p.name for p in context.space]
         grid = [dict(zip(names, values))

@@ -32,7 +32,15 @@ class Campaign:
     - a method hears results in trial order and lagged: the j-th suggestion is asked for
       knowing exactly the results of trials 0 .. j - workers (one worker: all before it).
     Every decision is also sent to ``log`` (the run's journal) and can be replayed
-    (``replay``) to rebuild the campaign after the driver died."""
+    (``replay``) to rebuild the campaign after the driver died.
+
+    A campaign never pays twice for a configuration: a tuning suggestion equal to an
+    earlier one (same kind and hyperparameters; the seed is the campaign's) is not run but
+    answered from the earlier run's result, recorded with status ``repeat`` at no compute
+    (``info`` names the run: ``repeat_of``), and told to the method as that run's result.
+    Training is deterministic for a seed, so that result is what running it would give.
+    An earlier run still going holds the repeat until it finishes; an earlier run that
+    failed or was stopped by the cap found nothing, so the repeat runs."""
 
     def __init__(self, suite: str, task: Task, label: str, method: Method, seed: int,
                  budget: Budget, clock0: float, on_record=None,
@@ -57,6 +65,12 @@ class Campaign:
         self.followed = 0  # tuning trials the incumbent has been followed through
         self.told = 0  # tuning trials whose result the method has heard
         self.best: tuple[float, str] | None = None
+        self.done_ids: set[str] = set()  # trials with a row
+        self.first_run: dict[str, str] = {}  # kind + configuration -> the trial that ran it
+        self.repeat_of: dict[str, str] = {}  # repeated trial -> the trial that answers it
+        #: what picks the incumbent among search trials (lower is better): validation NLL,
+        #: or "clml" (minus the conditional log marginal likelihood, recorded runs only)
+        self.select_by = getattr(method, "select_by", "val_nll")
         self.spent_s = 0.0
         self.method_done = False
         self.number = 0  # position in the suite, set when it starts
@@ -71,8 +85,7 @@ class Campaign:
 
     def running(self) -> list[str]:
         """Trials started or pending, of any kind, not yet complete."""
-        done = {r[S.TRIAL_ID] for r in self.rows}
-        return [t for t in self.kinds if t not in done]
+        return [t for t in self.kinds if t not in self.done_ids]
 
     def running_tuning(self) -> list[str]:
         """Running trials that count against the cap (all but retrains)."""
@@ -103,7 +116,7 @@ class Campaign:
             return self.rerun.pop(0)
         if self.retrain_queue:
             return self._issue_retrain()
-        if not self.method_done and not self.over_cap():
+        while not self.method_done and not self.over_cap():
             j = len(self.tuning_order)
             if not self._tell_upto(j - self.budget.workers + 1):
                 return None  # wait: the j-th suggestion must know exactly trials < j - W + 1
@@ -111,10 +124,14 @@ class Campaign:
             if config is None:
                 self._tell_upto(len(self.tuning_order))  # the method waits for results
                 return None if self.running_tuning() else self._stalled()
-            if config != FINISHED:
-                return self._issue_tuning(config)
-            self.method_done = True
-            self._tell_upto(len(self.tuning_order))
+            if config == FINISHED:
+                self.method_done = True
+                self._tell_upto(len(self.tuning_order))
+                break
+            own = self._issue_tuning(config)
+            if own not in self.repeat_of or not self._settle_repeat(own):
+                return own
+            # a repeat costs nothing: answered (or held for its earlier run); ask again
         # nothing new: wait while running trials may still produce an incumbent to retrain
         return None if self.running_tuning() else FINISHED
 
@@ -128,6 +145,11 @@ class Campaign:
         hp = {k: float(v) for k, v in config.items()}
         self.kinds[own] = (kind, hp, None)
         self.tuning_order.append(own)
+        key = f"{kind} {json.dumps(hp, sort_keys=True)}"
+        if key in self.first_run:
+            self.repeat_of[own] = self.first_run[key]
+        else:
+            self.first_run[key] = own
         self._log({"event": "suggest", "trial": own, "hp": hp})
         return own
 
@@ -137,6 +159,27 @@ class Campaign:
         self.kinds[own] = (S.RETRAIN, hp, of)
         self._log({"event": "suggest", "trial": own, "hp": hp, "retrain_of": of})
         return own
+
+    def _settle_repeat(self, own: str) -> bool:
+        """Answer a repeated configuration from its earlier run, or hold it until that run
+        finishes (True); False: the earlier run found nothing, so this one must run."""
+        earlier = self.finished.get(self.repeat_of[own])
+        if earlier is None:
+            return True
+        if earlier[S.STATUS] not in (S.OK, S.PRUNED):
+            del self.repeat_of[own]
+            kind, hp, _ = self.kinds[own]
+            self.first_run[f"{kind} {json.dumps(hp, sort_keys=True)}"] = own
+            return False
+        now = self.clock() - self.clock0
+        info = json.loads(earlier[S.INFO]) if isinstance(earlier.get(S.INFO), str) else {}
+        row = {**earlier, S.TRIAL_ID: own, S.STATUS: S.REPEAT, S.STARTED_S: now,
+               S.ENDED_S: now, S.WALL_S: 0.0, S.RESOURCE_S: 0.0, S.CPU_S: 0.0, S.GPU_S: 0.0,
+               S.TRAIN_S: None, S.EVAL_S: None, S.OVERHEAD_S: 0.0, S.NODE: None,
+               S.INFO: json.dumps({**info, "repeat_of": earlier[S.TRIAL_ID]}, sort_keys=True)}
+        self._log({"event": "complete", "trial": own, "row": row})
+        self._finish(row)
+        return True
 
     def _stalled(self):
         self.method_done = True  # waiting on nothing would spin forever
@@ -202,17 +245,26 @@ class Campaign:
             S.INFO: result.get(S.INFO),
         }
         if status == S.OK:
-            for key in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
+            for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
                 row[key] = result.get(key)
+            if kind == S.SEARCH and self.select_by == "clml":  # the curves select by it too
+                clml = row.get(S.VAL_CLML)
+                row[S.OBJECTIVE] = None if clml is None or clml != clml else -float(clml)
         self._log({"event": "complete", "trial": own, "row": row})
         self._finish(row)
 
     def _finish(self, row: dict, notify: bool = True) -> None:
         self.rows.append(row)
+        self.done_ids.add(row[S.TRIAL_ID])
         if row[S.KIND] != S.RETRAIN:
             self.spent_s += row[S.RESOURCE_S]
             self.finished[row[S.TRIAL_ID]] = row
             self._follow_incumbent()
+            if notify:  # repeats held for this run (a journal being replayed has their rows)
+                for own in [o for o, e in self.repeat_of.items()
+                            if e == row[S.TRIAL_ID] and o not in self.done_ids]:
+                    if not self._settle_repeat(own):
+                        self.rerun.append(own)
             if self.method_done:
                 self._tell_upto(len(self.tuning_order))
         if self.on_record and notify:
@@ -224,11 +276,12 @@ class Campaign:
                 self.tuning_order[self.followed] in self.finished:
             row = self.finished[self.tuning_order[self.followed]]
             self.followed += 1
-            if row[S.KIND] != S.SEARCH or row[S.STATUS] != S.OK or row[S.VAL_NLL] is None:
+            score = self._score(row)
+            if row[S.KIND] != S.SEARCH or row[S.STATUS] != S.OK or score is None:
                 continue
-            improved = self.best is None or row[S.VAL_NLL] < self.best[0]
+            improved = self.best is None or score < self.best[0]
             if improved:
-                self.best = (row[S.VAL_NLL], row[S.TRIAL_ID])
+                self.best = (score, row[S.TRIAL_ID])
             if improved or self.method.retrain_all:
                 self.retrain_queue.append((json.loads(row[S.CONFIG]), row[S.TRIAL_ID]))
 
@@ -241,14 +294,26 @@ class Campaign:
                 return False
             self.told += 1
             self._log({"event": "tell", "trial": row[S.TRIAL_ID]})
-            status = row[S.STATUS]
-            score = row.get(S.VAL_NLL) if row[S.KIND] == S.SEARCH else row.get(S.OBJECTIVE)
+            if row[S.STATUS] == S.REPEAT:  # told as the run that answered it
+                answer = self.finished[json.loads(row[S.INFO])["repeat_of"]]
+                status, score = answer[S.STATUS], self._score(answer)
+            else:
+                status, score = row[S.STATUS], self._score(row)
             self.method.on_result(Result(
                 row[S.TRIAL_ID], json.loads(row[S.CONFIG]), status,
                 score if status == S.OK else None,
                 {k: row[k] for k in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC)
                  if row.get(k) is not None}))
         return True
+
+    def _score(self, row: dict) -> float | None:
+        """What selects among tuning trials, lower is better: a search trial's validation
+        NLL (or minus its CLML), a learned run's own objective; None if it has none."""
+        if row[S.KIND] == S.SEARCH and self.select_by != "clml":
+            score = row.get(S.VAL_NLL)
+        else:
+            score = row.get(S.OBJECTIVE)
+        return None if score is None or score != score else float(score)
 
     def _log(self, event: dict) -> None:
         if self.log:
@@ -286,8 +351,10 @@ class Campaign:
 
     def replayed(self) -> None:
         """After the last journal event: trials the journal started but never finished
-        run again, first and under their own names."""
-        self.rerun = self.running()
+        run again, first and under their own names; a repeat whose earlier run has
+        finished is answered from it instead."""
+        self.rerun = [own for own in self.running()
+                      if own not in self.repeat_of or not self._settle_repeat(own)]
 
 
 FAILED_PROCESS = "trial process failed"

@@ -50,6 +50,23 @@ def _cmd_list(args) -> int:
             doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
             first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]  # first sentence
             print(f"{name:16} {kind}  {first}")
+    elif args.what == "records":
+        from bench.published import RECORD_SETS, summary
+
+        print(f"{'record set':32} {'data set':16} {'model':14} {'N':25} {'seeds':15} "
+              f"{'configs':8} {'GPU-h':>6}  extra")
+        for name in RECORD_SETS:
+            s = summary(name)
+            counts = {f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in s["configurations"].values()}
+            configs = (counts.pop() if len(counts) == 1 else
+                       " ".join(f"{lo}-{hi}" if lo < hi else f"{lo}"
+                                for lo, hi in s["configurations"].values()))
+            extra = ", ".join(x for x, has in (("BO trace", s["bo"]), ("CLML", s["clml"])) if has)
+            print(f"{s['name']:32} {s['dataset']:16} {s['model']:14} "
+                  f"{' '.join(map(str, s['ns'])):25} {' '.join(map(str, s['seeds'])):15} "
+                  f"{configs:8} {s['gpu_hours']:6.0f}  {extra}")
+        print("configs: per (N, seed), in the order of N; GPU-h: A100 hours of the grid's "
+              "tuned and retrained runs")
     else:
         from bench.regularizers import REGULARIZERS
 
@@ -230,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", required=True, help="as CSV (the one format)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("list", help="list data sets, backbones, regularizers or methods")
-    p.add_argument("what", choices=["datasets", "backbones", "regularizers", "methods"])
+    p = sub.add_parser("list", help="list data sets, backbones, regularizers, methods or "
+                                    "published record sets (for bench replay)")
+    p.add_argument("what", choices=["datasets", "backbones", "regularizers", "methods",
+                                    "records"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("train", help="one fine-tuning run; prints the final test metrics")

@@ -71,13 +71,20 @@ def _point(rows, group_key, k, compute, scored, incumbent):
                                          scored[TEST_NLL], incumbent[TRIAL_ID]))))
 
 
+def _selection(group: pd.DataFrame) -> str:
+    """What picks a search incumbent: validation NLL, or the method's own selection score
+    (``objective``, lower is better) where its search runs carry one (e.g. minus CLML)."""
+    search = group[group[KIND] == SEARCH]
+    return OBJECTIVE if OBJECTIVE in group and search[OBJECTIVE].notna().any() else VAL_NLL
+
+
 def _search_curve(group: pd.DataFrame, group_key, rows: list) -> None:
     """Charge each incumbent's retrain on top of the search so far, as the DE-ELBo study does."""
     retrains = _retrains(group)
-    spent, best = 0.0, None
+    spent, best, score = 0.0, None, _selection(group)
     for k, t in enumerate(_ordered(group[group[KIND] == SEARCH]).to_dict("records"), start=1):
         spent += _cost(t[RESOURCE_S])
-        if t[STATUS] == OK and pd.notna(t[VAL_NLL]) and (best is None or t[VAL_NLL] < best[VAL_NLL]):
+        if t[STATUS] == OK and pd.notna(t[score]) and (best is None or t[score] < best[score]):
             best = t
         retrain = retrains.get(_key(best[TRIAL_ID])) if best is not None else None
         if retrain is not None:
@@ -171,10 +178,11 @@ def aggregate_curves(curves: pd.DataFrame, points: int = 200) -> pd.DataFrame:
 
 
 def _bootstrap_candidates(group: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """OK search trials with a retrain, best validation NLL first (ties: earlier completion)."""
-    retrains = _retrains(group)
-    ok = group[(group[KIND] == SEARCH) & (group[STATUS] == OK) & group[VAL_NLL].notna()]
-    ok = ok.sort_values([VAL_NLL, ENDED_S, TRIAL_ID], kind="stable")
+    """OK search trials with a retrain, best validation NLL (or selection score) first (ties:
+    earlier completion)."""
+    retrains, score = _retrains(group), _selection(group)
+    ok = group[(group[KIND] == SEARCH) & (group[STATUS] == OK) & group[score].notna()]
+    ok = ok.sort_values([score, ENDED_S, TRIAL_ID], kind="stable")
     keep = [_key(t) in retrains for t in ok[TRIAL_ID]]
     cand = ok[keep].assign(
         _retrain_s=[_cost(retrains[_key(t)][RESOURCE_S]) for t in ok[TRIAL_ID][keep]],

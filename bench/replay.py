@@ -11,9 +11,9 @@ configuration (``retrain_all = true``).
 A replay suite is TOML:
 
     name = "replay-cifar10-resnet50"
-    records = "published:cifar10-resnet50"   # or a run directory
+    records = "published:cifar10-resnet50"   # bench list records, or a run directory
     seeds = [1001, 2001, 3001]               # the records' seeds
-    bo = true                                # add the study's BO traces (ConvNeXt only)
+    bo = true                                # add the study's BO traces (where published)
 
     [budget]
     workers = 1
@@ -47,7 +47,8 @@ from bench import schema as S
 from bench.campaign import STOP, Campaign, CampaignQueue
 from bench.errors import BenchError
 from bench.method import FINISHED
-from bench.published import SOURCES, config_key, published_bo, published_runs
+from bench.published import (COMPUTE_UNIT, PREFIX, RECORD_SETS, config_key, published_bo,
+                             published_runs, record_set)
 from bench.records import frame, read_trials, write_json, write_table, write_text
 from bench.space import Param
 from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys, check_starts
@@ -97,8 +98,8 @@ class Recorded:
 
 
 def load_records(source: str) -> pd.DataFrame:
-    if source.startswith("published:"):
-        return published_runs(source.removeprefix("published:"))
+    if source.startswith(PREFIX):
+        return published_runs(source)
     return read_trials(source)
 
 
@@ -145,8 +146,9 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
                                         {"phase": "epoch", S.STEP: k, S.NODE: "replay"}))
             final = {"phase": "final", S.STATUS: S.OK, S.NODE: "replay",
                      S.TRAIN_S: run.get(S.TRAIN_S), S.EVAL_S: run.get(S.EVAL_S),
-                     **{key: run.get(key) for key in (S.VAL_NLL, S.VAL_ACC, S.TEST_ACC,
-                                                      S.TEST_NLL, S.OBJECTIVE, S.STEPS_DONE)}}
+                     **{key: run.get(key) for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML,
+                                                      S.TEST_ACC, S.TEST_NLL, S.OBJECTIVE,
+                                                      S.STEPS_DONE)}}
             heapq.heappush(events, (clock.now + wall, next(order), trial_id, "final", final))
         if not live:
             if config is None and queue.active:
@@ -185,7 +187,7 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
     _check_keys(origin, raw, ["name", "records", "seeds", "bo", "budget", "tasks", "methods"])
     records = raw.get("records")
     if not isinstance(records, str):
-        raise BenchError(f"{origin}: records must name published:<{'|'.join(SOURCES)}> "
+        raise BenchError(f"{origin}: records must name published:<{'|'.join(RECORD_SETS)}> "
                          "or a run directory")
     recorded = Recorded(load_records(records))
     seeds = raw.get("seeds")
@@ -225,11 +227,21 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
                      discrete=True)
     bo = bool(raw.get("bo", False))
-    if bo and not (records.startswith("published:")
-                   and SOURCES.get(records.removeprefix("published:"), (0, 0, None))[2]):
-        raise BenchError(f"{origin}: bo = true needs published ConvNeXt records")
+    if bo and not (records.startswith(PREFIX) and record_set(records).bo):
+        raise BenchError(f"{origin}: bo = true needs published records with a BO trace ("
+                         + ", ".join(r.name for r in RECORD_SETS.values() if r.bo) + ")")
+    _check_selection(origin, methods, recorded)
     return ReplaySuite(str(raw.get("name", Path(origin).stem)), records, tuple(tasks),
                        tuple(methods), tuple(seeds), budget, bo, text)
+
+
+def _check_selection(origin: str, methods, recorded: Recorded) -> None:
+    """``select_by = "clml"`` needs records that carry each run's CLML."""
+    has_clml = S.VAL_CLML in recorded.trials and recorded.trials[S.VAL_CLML].notna().any()
+    for spec in methods:
+        if dict(spec.options).get("select_by") == "clml" and not has_clml:
+            raise BenchError(f"{origin} [methods.{spec.label}]: select_by = \"clml\" needs "
+                             "records with CLML (published:cifar10-convnext-clml)")
 
 
 def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
@@ -257,9 +269,11 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
     queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done)
     simulate(queue, recorded, suite.budget.workers, clock)
     rows = [r for c in finished for r in c.rows]
+    if suite.records.startswith(PREFIX):  # each recorded run held one A100: charge GPU-seconds
+        rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
     trials = frame(rows, S.TRIAL_COLUMNS)
     if suite.bo:
-        bo = published_bo(suite.records.removeprefix("published:"))
+        bo = published_bo(suite.records)
         names = {t.name for t in suite.tasks}
         bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
         trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name})], ignore_index=True)
@@ -269,6 +283,7 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
     write_table(out / S.REPORTS_FILE, frame([r for c in finished for r in c.reports],
                                             S.REPORT_COLUMNS))
     write_json(out / S.METADATA_FILE, {
+        **(COMPUTE_UNIT if suite.records.startswith(PREFIX) else {}),
         "suite": suite.name, "backend": "replay", "records": suite.records,
         "command": " ".join(sys.argv), "versions": _versions(), "machine": _machine(),
         "budget": vars(suite.budget), "seeds": list(suite.seeds),
