@@ -197,7 +197,11 @@ class Campaign:
         own = self._own(trial_id)
         kind, _, _ = self.kinds[own]
         metrics = {k: result[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in result}
-        report = {S.STEP: result[S.STEP], **metrics}
+        # everything else a method reported (learned hyperparameters, marginal likelihoods)
+        extra = {k: v for k, v in result.items()
+                 if k not in metrics and k not in S.REPORT_ENVELOPE and _is_number(v)}
+        report = {S.STEP: result[S.STEP], S.EPOCH: result.get(S.EPOCH), **metrics,
+                  S.METRICS: json.dumps(extra, sort_keys=True) if extra else None}
         self.reports.append(self._report_row(own, report))
         decision, asked = CONTINUE, False
         if kind != S.RETRAIN and self.over_cap():
@@ -213,7 +217,7 @@ class Campaign:
 
     def _report_row(self, own: str, report: dict) -> dict:
         return {S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
-                S.SEED: self.seed, S.TRIAL_ID: own, S.EPOCH: None, **report}
+                S.SEED: self.seed, S.TRIAL_ID: own, **report}
 
     def trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         ended = self.clock()
@@ -242,6 +246,7 @@ class Campaign:
             S.OVERHEAD_S: wall - (train_s or 0) - (eval_s or 0),
             S.NODE: result.get(S.NODE), S.STEPS_DONE: result.get(S.STEPS_DONE),
             S.ERROR: result.get(S.ERROR) or (FAILED_PROCESS if error else None),
+            S.ERROR_TRACE: result.get("traceback"),
             S.INFO: result.get(S.INFO),
         }
         if status == S.OK:
@@ -482,3 +487,7 @@ def run_inline(campaign: Campaign) -> None:
         final = execute_trial(config, spec,
                               lambda result: campaign.trial_report(trial_id, result) == STOP)
         campaign.trial_complete(trial_id, final, error=False)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -13,13 +13,13 @@ what it needs. Plugins register under the entry-point group ``bench.methods``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from bench.network import Network
-from bench.regularizers import make_regularizer
-from bench.space import Param
-from bench.task import Task
-from bench.train import Split, Timer, TrainConfig, fine_tune
+if TYPE_CHECKING:  # the contract imports neither torch nor the training code
+    from bench.network import Network
+    from bench.space import Param
+    from bench.task import Task
+    from bench.train import Split
 
 FINISHED = "FINISHED"  # suggest(): no more trials from this method
 
@@ -121,35 +121,11 @@ class Method:
     def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
         """Train one trial (runs on a worker). Default: the shared fine-tuning loop with
         the task's regularizer at ``config`` (``lr`` plus its hyperparameters)."""
+        from bench.fit import standard_fit  # worker side only: imports torch
+
         return standard_fit(data, config, report, self.reports_validation)
 
 
 def search_space(task: Task) -> tuple[Param, ...]:
     """The learning rate plus the task's regularizer's hyperparameters."""
     return task.search_space()
-
-
-def standard_fit(data: FitData, config: dict[str, float], report: Report,
-                 report_validation: bool) -> Fitted:
-    """The shared fine-tuning loop at ``config``, reporting validation metrics per epoch
-    when asked (for pruning)."""
-    task = data.task
-    hp = {k: v for k, v in config.items() if k != "lr"}
-    regularizer = make_regularizer(task.regularizer, **hp)
-    net = data.make_network()
-    evals = {"val": data.validation} if report_validation and data.validation else {}
-    # an epoch report goes out even without evaluation, so budgets can stop the trial
-
-    def callback(r) -> bool:
-        metrics = {"train_loss": r.train_loss}
-        if "val" in r.metrics:
-            metrics |= {"val_nll": r.metrics["val"]["nll"], "val_acc": r.metrics["val"]["acc"]}
-        return report(r.step, metrics)
-
-    config_ = TrainConfig(lr=config["lr"], steps=task.steps, batch_size=task.batch_size,
-                          seed=data.seed)
-    result = fine_tune(net, regularizer, data.train, config_, evals, callback, Timer())
-    return Fitted(net, info={"final_loss": result.final_loss}, steps_done=result.steps_done,
-                  train_s=result.train_s, eval_s=result.eval_s)
-
-

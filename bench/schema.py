@@ -59,13 +59,14 @@ EVAL_S = "eval_s"
 OVERHEAD_S = "overhead_s"
 NODE = "node"
 ERROR = "error"
+ERROR_TRACE = "error_trace"  # a failed trial's traceback, as the worker caught it
 INFO = "info"  # JSON of method-specific outputs (learned lambda, winning lr, ...)
 
 TRIAL_COLUMNS = (
     SUITE, TASK, METHOD, PLUGIN, SEED, TRIAL_ID, KIND, STATUS, CONFIG, RETRAIN_OF,
     VAL_NLL, VAL_ACC, VAL_CLML, TEST_ACC, TEST_NLL, OBJECTIVE, STEPS_DONE,
     STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S, EVAL_S, OVERHEAD_S,
-    NODE, ERROR, INFO,
+    NODE, ERROR, ERROR_TRACE, INFO,
 )
 
 # what differs between two runs of the same suite and seeds: when and where trials ran,
@@ -77,8 +78,11 @@ TIMING_COLUMNS = (STARTED_S, ENDED_S, WALL_S, RESOURCE_S, CPU_S, GPU_S, TRAIN_S,
 STEP = "step"
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
+METRICS = "metrics"  # JSON of any other per-epoch values (sigma, lambda, log_marglik, ...)
 REPORT_COLUMNS = (SUITE, TASK, METHOD, SEED, TRIAL_ID, STEP, EPOCH, TRAIN_LOSS, VAL_NLL,
-                  VAL_ACC, TRAIN_S, EVAL_S)
+                  VAL_ACC, METRICS)
+# keys of a worker's epoch report that are the harness's, not the method's
+REPORT_ENVELOPE = ("phase", STEP, EPOCH, "node")
 
 # metadata.json: the label the analysis compares every method with (bench.rundir)
 REFERENCE = "reference"

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bench import schema as S
 from bench.errors import BenchError
-from bench.options import is_number, require_int, require_positive, require_positives
-from bench.method import FINISHED, Context, FitData, Fitted, Method, Report, Result
-from bench.train import TrainingDiverged, batch_stream, optimizer_step
+from bench.fit import epoch_metrics
+from bench.method import FitData, Fitted, Report
+from bench.options import is_number, require_int, require_positive
+from bench.train import Hook, Loop, TrainConfig, TrainingDiverged, fine_tune
+from methods._sweep import LearnedMethod, centred_at_pretrained
 
 DATA_EMPHASIZED = "data-emphasized"
 
@@ -59,39 +60,107 @@ def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for small and large y
 
 
-class DEELBo(Method):
+class VariationalHook(Hook):
+    """The loop's part of the (DE-)ELBo: the posterior scale rho as an extra trained
+    tensor, a sampled forward pass w = m + sigma*eps, and the profiled KL term over
+    kappa*N as the penalty. Records sigma, lambda, tau, the KL term and the epoch's mean
+    objective and NLL at every epoch end."""
+
+    def __init__(self, net, sigma_init: float, kappa: float, n: int, centred: bool) -> None:
+        self.net = net
+        self.bb = net.backbone_parameters()
+        self.head = net.head_parameters()
+        self.d_bb = sum(p.numel() for _, p in self.bb)
+        self.d_head = sum(p.numel() for _, p in self.head)
+        self.mu0 = [(net.mu0[name] if centred else torch.zeros_like(p)).detach().to(p.dtype)
+                    for name, p in self.bb]
+        self.names = [name for name, _ in self.bb + self.head]
+        self.means = [p for _, p in self.bb + self.head]  # m is the model's own parameters
+        self.kappa, self.n = kappa, n
+        self.rho = torch.nn.Parameter(torch.tensor(_inv_softplus(sigma_init),
+                                                   dtype=self.means[0].dtype))
+        self._epoch_loss = self._epoch_kl = 0.0
+        self._epoch_steps = 0
+        self._kl = 0.0
+
+    def prior_terms(self):
+        """sigma, lambda*, tau*, (KL_bb + KL_head)/(kappa N), ||m_bb-mu0||², ||m_head||²."""
+        sigma = F.softplus(self.rho)
+        sigma2 = sigma * sigma
+        sq_bb = sum(((p - m0) ** 2).sum() for (_, p), m0 in zip(self.bb, self.mu0))
+        sq_head = sum((p ** 2).sum() for _, p in self.head)
+        lam, kl_bb = profiled_prior(sq_bb, self.d_bb, sigma2)
+        tau, kl_head = profiled_prior(sq_head, self.d_head, sigma2)
+        return sigma, lam, tau, (kl_bb + kl_head) / (self.kappa * self.n), sq_bb, sq_head
+
+    def sampled(self, sigma) -> dict[str, torch.Tensor]:
+        return {name: p + sigma * torch.randn_like(p) for name, p in zip(self.names, self.means)}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.rho]
+
+    def forward(self, loop: Loop, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.net.model, self.sampled(F.softplus(self.rho)), (x,))
+
+    def penalty(self, loop: Loop) -> torch.Tensor:
+        kl_term = self.prior_terms()[3]
+        self._kl = float(kl_term.detach())
+        return kl_term
+
+    def after_step(self, loop: Loop) -> None:
+        self._epoch_loss += loop.loss
+        self._epoch_kl += self._kl
+        self._epoch_steps += 1
+
+    def on_epoch_end(self, loop: Loop) -> dict[str, float]:
+        with torch.no_grad():
+            sigma, lam, tau, kl_term, _, _ = self.prior_terms()
+        steps = max(1, self._epoch_steps)
+        fields = {"objective": self._epoch_loss / steps,
+                  "train_nll": (self._epoch_loss - self._epoch_kl) / steps,
+                  "kl_term": float(kl_term), "sigma": float(sigma),
+                  "lambda": float(lam), "tau": float(tau)}
+        self._epoch_loss = self._epoch_kl = 0.0
+        self._epoch_steps = 0
+        return fields
+
+
+class DEELBo(LearnedMethod):
     """Learn the L2-SP prior variances with the data-emphasized ELBo; sweep the lr.
 
     Options (stored as given; checked when a run starts):
     - ``lrs``: the learning rates of the sweep, run in this order (authors' four).
     - ``kappa``: ``"data-emphasized"`` (kappa = D/N) or a positive number (1: plain ELBo).
-    - ``sigma_init``: initial posterior standard deviation softplus(rho).
+    - ``sigma_init``: initial posterior standard deviation softplus(rho) (authors: 1e-4;
+      runs much shorter than theirs may need more, see docs/methods.md).
     - ``momentum``, ``clip_norm``: SGD Nesterov momentum and the gradient-norm clip
       (None: no clipping).
     - ``objective_samples``: Monte Carlo samples of the final objective (see ``fit``);
       0 uses the last training step's minibatch loss instead (no extra compute).
+    - ``allow_regularizer_mismatch``: run on a task whose regularizer is neither l2sp
+      nor wd (see ``methods._sweep``).
 
     After ``start``: ``best_`` holds the incumbent of the sweep so far
     (``{"trial_id", "lr", "objective"}``, None before the first successful run).
     """
 
     name = "de-elbo"
-    uses_validation = False
 
     def __init__(self, lrs=(0.1, 0.01, 1e-3, 1e-4), kappa=DATA_EMPHASIZED,
                  sigma_init: float = 1e-4, momentum: float = 0.9,
-                 clip_norm: float | None = 1.0, objective_samples: int = 10) -> None:
+                 clip_norm: float | None = 1.0, objective_samples: int = 10,
+                 allow_regularizer_mismatch: bool = False) -> None:
         self.lrs = lrs
         self.kappa = kappa
         self.sigma_init = sigma_init
         self.momentum = momentum
         self.clip_norm = clip_norm
         self.objective_samples = objective_samples
+        self.allow_regularizer_mismatch = allow_regularizer_mismatch
 
     # -- options
 
-    def _check_options(self) -> None:
-        require_positives("lrs", self.lrs)
+    def check_options(self) -> None:
         if self.kappa != DATA_EMPHASIZED and not (is_number(self.kappa) and self.kappa > 0):
             raise BenchError(f"kappa must be {DATA_EMPHASIZED!r} or a number > 0, "
                              f"got {self.kappa!r}")
@@ -105,25 +174,6 @@ class DEELBo(Method):
     def kappa_for(self, d: int, n: int) -> float:
         """kappa for D parameters and N training examples."""
         return d / n if self.kappa == DATA_EMPHASIZED else float(self.kappa)
-
-    # -- driver side
-
-    def start(self, context: Context) -> None:
-        super().start(context)
-        self._check_options()
-        self.pending_ = [float(v) for v in self.lrs]
-        self.best_: dict | None = None
-
-    def suggest(self, trial_id: str):
-        if not self.pending_:
-            return FINISHED
-        return {"lr": self.pending_.pop(0)}
-
-    def on_result(self, result: Result) -> None:
-        if result.status == S.OK and result.score is not None and math.isfinite(result.score) \
-                and (self.best_ is None or result.score < self.best_["objective"]):
-            self.best_ = {"trial_id": result.trial_id, "lr": result.config.get("lr"),
-                          "objective": float(result.score)}
 
     # -- worker side (runs on an unstarted copy: uses options only)
 
@@ -139,15 +189,17 @@ class DEELBo(Method):
         it is the last step's minibatch loss. A run stopped early (budget) has objective
         None (no evaluation is spent on it).
 
+        Per-epoch reports carry ``objective``, ``train_nll``, ``kl_term``, ``sigma``,
+        ``lambda`` and ``tau`` (so a reader sees whether sigma grows).
         ``info``: ``lambda``, ``tau`` (the profiled prior variances at the final m and
-        sigma), ``sigma``, ``kappa``, ``objective``, ``lr`` (this run's; the sweep's winner
-        is the run with the lowest objective), ``train_nll`` and ``kl_term`` (the two parts
-        of the objective), ``backbone_shift`` = ||m_bb - mu0||^2 / D_bb, ``head_sq_norm``
-        = ||m_head||^2 / D_head, ``d_backbone``, ``d_head``, ``n``, ``objective_samples``,
-        ``stopped_early``, ``wall_s``. Raises ``TrainingDiverged`` if the loss (or the final
-        objective) is not finite.
+        sigma), ``sigma``, ``sigma_init``, ``kappa``, ``objective``, ``lr`` (this run's; the
+        sweep's winner is the run with the lowest objective), ``train_nll`` and
+        ``kl_term`` (the two parts of the objective), ``backbone_shift`` = ||m_bb -
+        mu0||^2 / D_bb, ``head_sq_norm`` = ||m_head||^2 / D_head, ``d_backbone``,
+        ``d_head``, ``n``, ``objective_samples``, ``stopped_early``, ``wall_s``. Raises
+        ``TrainingDiverged`` if the loss (or the final objective) is not finite.
         """
-        self._check_options()
+        self.check_options()
         started = time.perf_counter()
         task = data.task
         lr = float(config["lr"])
@@ -155,99 +207,53 @@ class DEELBo(Method):
         model = net.model
         x, y = data.train
         n = len(y)
-        bb = net.backbone_parameters()
-        head = net.head_parameters()
-        if not head:
+        if not net.head_parameters():
             raise BenchError(f"{self.name}: the network has no head parameters ({net.head!r})")
-        frozen = [name for name, p in bb + head if not p.requires_grad]
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
         if frozen:
             raise BenchError(f"{self.name}: frozen parameters are not supported: {frozen[:3]}")
-        d_bb = sum(p.numel() for _, p in bb)
-        d_head = sum(p.numel() for _, p in head)
-        kappa = self.kappa_for(d_bb + d_head, n)
-        mu0 = [net.mu0[name].detach().to(p.dtype) for name, p in bb]
-        names = [name for name, _ in bb + head]
-        means = [p for _, p in bb + head]  # m is the model's own parameters
-        rho = torch.nn.Parameter(torch.tensor(_inv_softplus(self.sigma_init),
-                                              dtype=means[0].dtype))
-
-        def prior_terms():
-            sigma = F.softplus(rho)
-            sigma2 = sigma * sigma
-            sq_bb = sum(((p - m0) ** 2).sum() for (_, p), m0 in zip(bb, mu0))
-            sq_head = sum((p ** 2).sum() for _, p in head)
-            lam, kl_bb = profiled_prior(sq_bb, d_bb, sigma2)
-            tau, kl_head = profiled_prior(sq_head, d_head, sigma2)
-            return sigma, lam, tau, (kl_bb + kl_head) / (kappa * n), sq_bb, sq_head
-
-        def sampled(sigma):
-            return {name: p + sigma * torch.randn_like(p) for name, p in zip(names, means)}
-
-        torch.manual_seed(data.seed)
-        generator = torch.Generator().manual_seed(data.seed)
-        batch_size = min(task.batch_size, n)
-        batches = batch_stream(n, batch_size, generator)
-        steps_per_epoch = max(1, math.ceil(n / task.batch_size))
-        params = means + [rho]
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=self.momentum, nesterov=True,
-                                    weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=task.steps)
-        model.train()
-
-        train_s = eval_s = 0.0
-        step, stopped, last_loss, last_nll = 0, False, float("nan"), float("nan")
-        epoch_nll = epoch_loss = 0.0
-        epoch_steps = 0
-        while step < task.steps and not stopped:
-            step_started = time.perf_counter()
-            idx = next(batches)
-            sigma, lam, tau, kl_term, _, _ = prior_terms()
-            logits = functional_call(model, sampled(sigma), (x[idx],))
-            nll = F.cross_entropy(logits, y[idx])
-            loss = nll + kl_term
-            last_loss, last_nll = float(loss.detach()), float(nll.detach())
-            if not math.isfinite(last_loss):
-                raise TrainingDiverged(f"{self.name} objective is {last_loss} at step "
-                                       f"{step + 1} (lr={lr})")
-            optimizer_step(loss, optimizer, schedule, params, self.clip_norm)
-            step += 1
-            epoch_nll += last_nll
-            epoch_loss += last_loss
-            epoch_steps += 1
-            train_s += time.perf_counter() - step_started
-            if step % steps_per_epoch == 0 or step == task.steps:
-                metrics = {"train_loss": epoch_nll / epoch_steps,
-                           "objective": epoch_loss / epoch_steps,
-                           "lambda": float(lam.detach()), "tau": float(tau.detach()),
-                           "sigma": float(sigma.detach())}
-                epoch_nll = epoch_loss = 0.0
-                epoch_steps = 0
-                stopped = bool(report(step, metrics)) and step < task.steps
+        d = sum(p.numel() for p in model.parameters())
+        hook = VariationalHook(net, self.sigma_init, self.kappa_for(d, n), n,
+                               centred_at_pretrained(task.regularizer))
+        train_config = TrainConfig(lr=lr, steps=task.steps, batch_size=task.batch_size,
+                                   seed=data.seed, momentum=self.momentum,
+                                   clip_norm=self.clip_norm)
+        try:
+            result = fine_tune(net, None, data.train, train_config,
+                               callback=lambda e: report(e.step, epoch_metrics(e)),
+                               hooks=[hook])
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{self.name} (lr={lr}): {err}") from None
 
         with torch.no_grad():
-            sigma, lam, tau, kl_term, sq_bb, sq_head = prior_terms()
+            sigma, lam, tau, kl_term, sq_bb, sq_head = hook.prior_terms()
         objective: float | None = None
         train_nll: float | None = None
-        if not stopped:
+        eval_s = result.eval_s
+        if not result.stopped_early:
             if self.objective_samples == 0:
-                objective, train_nll = last_loss, last_nll
+                objective = result.final_loss
+                train_nll = objective - float(kl_term)
             else:
                 eval_started = time.perf_counter()
-                train_nll = self._sampled_nll(model, names, means, sigma, x, y)
+                train_nll = self._sampled_nll(model, hook.names, hook.means, sigma, x, y)
                 objective = train_nll + float(kl_term)
                 eval_s += time.perf_counter() - eval_started
             if not math.isfinite(objective):
                 raise TrainingDiverged(f"{self.name} final objective is {objective} (lr={lr})")
         model.train()
         info = {"lambda": float(lam), "tau": float(tau), "sigma": float(sigma),
-                "kappa": float(kappa), "objective": objective, "lr": lr,
+                "sigma_init": float(self.sigma_init), "kappa": float(hook.kappa),
+                "objective": objective, "lr": lr,
                 "train_nll": train_nll, "kl_term": float(kl_term),
-                "backbone_shift": float(sq_bb) / d_bb, "head_sq_norm": float(sq_head) / d_head,
-                "d_backbone": d_bb, "d_head": d_head, "n": n,
-                "objective_samples": self.objective_samples, "stopped_early": stopped,
+                "backbone_shift": float(sq_bb) / hook.d_bb,
+                "head_sq_norm": float(sq_head) / hook.d_head,
+                "d_backbone": hook.d_bb, "d_head": hook.d_head, "n": n,
+                "objective_samples": self.objective_samples,
+                "stopped_early": result.stopped_early,
                 "wall_s": time.perf_counter() - started}
-        return Fitted(net, objective=objective, info=info, steps_done=step, train_s=train_s,
-                      eval_s=eval_s)
+        return Fitted(net, objective=objective, info=info, steps_done=result.steps_done,
+                      train_s=result.train_s, eval_s=eval_s)
 
     @torch.no_grad()
     def _sampled_nll(self, model, names, means, sigma, x, y, chunk: int = 256) -> float:
@@ -272,6 +278,7 @@ class PlainELBo(DEELBo):
 
     def __init__(self, lrs=(0.1, 0.01, 1e-3, 1e-4), kappa=1.0, sigma_init: float = 1e-4,
                  momentum: float = 0.9, clip_norm: float | None = 1.0,
-                 objective_samples: int = 10) -> None:
+                 objective_samples: int = 10, allow_regularizer_mismatch: bool = False) -> None:
         super().__init__(lrs=lrs, kappa=kappa, sigma_init=sigma_init, momentum=momentum,
-                         clip_norm=clip_norm, objective_samples=objective_samples)
+                         clip_norm=clip_norm, objective_samples=objective_samples,
+                         allow_regularizer_mismatch=allow_regularizer_mismatch)

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bench.options import require_int
 from bench.network import Network
 from bench.train import Split
-from methods._prior import MarglikMethod, PriorGroups, check_choice
+from methods._marglik import MarglikMethod, PriorGroups, RoundRecord, check_choice
 
 HESSIANS = ("diag", "kron", "full")
 CURVATURES = ("ef", "ggn")
@@ -172,7 +172,11 @@ class LaplaceEstimator:
             values.append(float(lml.detach()))
         with torch.no_grad():
             value = float(self.log_marglik(blocks, groups, groups.delta()))
-        return values, value
+            # laplace-torch keeps the last prior precision: its terms are at the final delta
+            terms = {"log_lik": float(blocks[0].la.log_likelihood),
+                     "log_det_ratio": sum(float(b.la.log_det_ratio) for b in blocks),
+                     "scatter": sum(float(b.la.scatter) for b in blocks)}
+        return RoundRecord(values, value, terms)
 
 
 def laplace_log_marglik(net: Network, groups: PriorGroups, train: Split, hessian: str = "diag",
@@ -188,31 +192,42 @@ def laplace_log_marglik(net: Network, groups: PriorGroups, train: Split, hessian
 
 class LaplaceMarglik(MarglikMethod):
     """Online Laplace marginal likelihood (laplace-torch) for the L2-SP prior precisions;
-    a learning-rate sweep chosen by −(best log marginal likelihood)/N.
+    a learning-rate sweep chosen by −(log marginal likelihood)/N of the returned network.
 
     Options: ``lrs`` (the sweep, run in order), ``groups`` ("two": backbone/head,
     "layerwise": one precision per parameter tensor), ``hessian`` ("diag", "kron",
-    "full"), ``curvature`` ("ef": CurvlinopsEF, "ggn": CurvlinopsGGN), ``burnin_epochs``
-    (B), ``every_epochs`` (F), ``hyper_steps`` (K Adam steps per round), ``hyper_lr``,
-    ``prior_prec_init`` (every group's initial delta), ``fit_batch_size`` (batch of the
-    Laplace fit; memory only)."""
+    "full"), ``curvature`` ("ef": CurvlinopsEF, "ggn": CurvlinopsGGN), ``keep``
+    ("final": the network at the end, the study's rule; "best": the best round's,
+    laplace-torch's ``marglik_training``), ``schedule`` ("late": ``rounds`` rounds from
+    ``burnin`` (fraction of the run) to the end; "online": every ``every_epochs`` epochs
+    after ``burnin_epochs``, the authors' schedule), ``hyper_steps`` (K Adam steps per
+    round), ``hyper_lr``, ``prior_prec_init`` (every group's initial delta),
+    ``fit_batch_size`` (batch of the Laplace fit; memory only),
+    ``allow_regularizer_mismatch`` (see ``methods._sweep``)."""
 
     name: ClassVar[str] = "laplace-marglik"
 
     def __init__(self, lrs: tuple[float, ...] = DEFAULT_LRS, groups: str = "two",
-                 hessian: str = "diag", curvature: str = "ef", burnin_epochs: int = 1,
-                 every_epochs: int = 2, hyper_steps: int = 100, hyper_lr: float = 1.0,
-                 prior_prec_init: float = 1.0, fit_batch_size: int = 32) -> None:
+                 hessian: str = "diag", curvature: str = "ef", keep: str = "final",
+                 schedule: str = "late", burnin: float = 0.8, rounds: int = 3,
+                 burnin_epochs: int = 1, every_epochs: int = 2, hyper_steps: int = 100,
+                 hyper_lr: float = 1.0, prior_prec_init: float = 1.0, fit_batch_size: int = 32,
+                 allow_regularizer_mismatch: bool = False) -> None:
         self.lrs = lrs
         self.groups = groups
         self.hessian = hessian
         self.curvature = curvature
+        self.keep = keep
+        self.schedule = schedule
+        self.burnin = burnin
+        self.rounds = rounds
         self.burnin_epochs = burnin_epochs
         self.every_epochs = every_epochs
         self.hyper_steps = hyper_steps
         self.hyper_lr = hyper_lr
         self.prior_prec_init = prior_prec_init
         self.fit_batch_size = fit_batch_size
+        self.allow_regularizer_mismatch = allow_regularizer_mismatch
 
     def make_estimator(self) -> LaplaceEstimator:
         return LaplaceEstimator(self.hessian, self.curvature, self.fit_batch_size)

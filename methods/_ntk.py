@@ -61,7 +61,7 @@ from bench.errors import BenchError
 from bench.options import require_bool, require_int, require_positive
 from bench.network import Network
 from bench.train import Split
-from methods._prior import MarglikMethod, PriorGroups, check_choice
+from methods._marglik import MarglikMethod, PriorGroups, RoundRecord, check_choice
 
 KERNELS = ("full", "independent", "single")
 DEFAULT_LRS = (0.1, 0.01, 1e-3, 1e-4)
@@ -221,6 +221,18 @@ def ntk_bound(terms: SubsetTerms, groups: PriorGroups, delta: torch.Tensor,
     return scale * terms.log_lik - 0.5 * scatter - 0.5 * scale * logdet
 
 
+def ntk_bound_terms(terms: SubsetTerms, groups: PriorGroups, delta: torch.Tensor,
+                    n_total: int) -> dict[str, float]:
+    """The bound's three parts (log likelihood and log-determinant scaled by N/M, scatter)."""
+    with torch.no_grad():
+        scale = n_total / terms.m
+        scatter = float(groups.scatter(delta))
+        bound = float(ntk_bound(terms, groups, delta, n_total))
+        log_lik = scale * float(terms.log_lik)
+        return {"log_lik": log_lik, "scatter": scatter,
+                "log_det": 2 * (log_lik - 0.5 * scatter - bound)}
+
+
 class NTKEstimator:
     """Stochastic NTK-bound rounds (see the module docstring)."""
 
@@ -253,7 +265,7 @@ class NTKEstimator:
 
     def round(self, net, groups, train, optimizer, steps, generator):
         n = len(train[0])
-        values = []
+        values, parts = [], []
         for _ in range(steps):
             terms = self.step_terms(net, groups, train, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -261,40 +273,51 @@ class NTKEstimator:
             if not torch.isfinite(bound):
                 values.append(float("nan"))
                 break
+            parts.append(ntk_bound_terms(terms, groups, groups.delta(), n))
             (-bound).backward()
             optimizer.step()
             values.append(float(bound.detach()))
         value = statistics.fmean(values) if values else float("nan")
-        return values, value
+        mean_terms = {k: statistics.fmean(p[k] for p in parts) for k in parts[0]} if parts \
+            else {}
+        return RoundRecord(values, value, mean_terms)
 
 
 class NTKMarglik(MarglikMethod):
     """Stochastic NTK marginal-likelihood bound (subsets of M points, N/M-scaled) for the
-    L2-SP prior precisions; a learning-rate sweep chosen by −(best round's mean bound)/N.
+    L2-SP prior precisions; a learning-rate sweep chosen by −(round's mean bound)/N of the
+    returned network.
 
-    Options: ``lrs``, ``groups``, ``burnin_epochs``, ``every_epochs``, ``hyper_steps``,
-    ``hyper_lr``, ``prior_prec_init`` as for ``laplace-marglik``; ``subset_size`` (M),
-    ``kernel`` ("full", "independent", "single"), ``balanced`` (M/C per class),
-    ``max_jacobian_mb`` (memory cap of one Jacobian chunk)."""
+    Options: ``lrs``, ``groups``, ``keep``, ``schedule``, ``burnin``, ``rounds``,
+    ``burnin_epochs``, ``every_epochs``, ``hyper_steps``, ``hyper_lr``,
+    ``prior_prec_init``, ``allow_regularizer_mismatch`` as for ``laplace-marglik``;
+    ``subset_size`` (M), ``kernel`` ("full", "independent", "single"), ``balanced``
+    (M/C per class), ``max_jacobian_mb`` (memory cap of one Jacobian chunk)."""
 
     name: ClassVar[str] = "ntk-marglik"
 
     def __init__(self, lrs: tuple[float, ...] = DEFAULT_LRS, groups: str = "two",
                  subset_size: int = 32, kernel: str = "single", balanced: bool = False,
-                 burnin_epochs: int = 1, every_epochs: int = 2, hyper_steps: int = 10,
-                 hyper_lr: float = 0.1, prior_prec_init: float = 25.0,
-                 max_jacobian_mb: float = 256.0) -> None:
+                 keep: str = "final", schedule: str = "late", burnin: float = 0.8,
+                 rounds: int = 3, burnin_epochs: int = 1, every_epochs: int = 2,
+                 hyper_steps: int = 10, hyper_lr: float = 0.1, prior_prec_init: float = 25.0,
+                 max_jacobian_mb: float = 256.0, allow_regularizer_mismatch: bool = False) -> None:
         self.lrs = lrs
         self.groups = groups
         self.subset_size = subset_size
         self.kernel = kernel
         self.balanced = balanced
+        self.keep = keep
+        self.schedule = schedule
+        self.burnin = burnin
+        self.rounds = rounds
         self.burnin_epochs = burnin_epochs
         self.every_epochs = every_epochs
         self.hyper_steps = hyper_steps
         self.hyper_lr = hyper_lr
         self.prior_prec_init = prior_prec_init
         self.max_jacobian_mb = max_jacobian_mb
+        self.allow_regularizer_mismatch = allow_regularizer_mismatch
 
     def make_estimator(self) -> NTKEstimator:
         return NTKEstimator(self.subset_size, self.kernel, self.balanced, self.max_jacobian_mb)

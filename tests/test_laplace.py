@@ -16,7 +16,9 @@ from bench.network import Network
 from bench.testing import TINY_TASK, check_method
 from methods._laplace import LaplaceEstimator, LaplaceMarglik, laplace_log_marglik
 from methods._ntk import NTKMarglik, draw_subset, ntk_bound, subset_terms
-from methods._prior import PriorGroups, marglik_fit
+from methods._marglik import PriorGroups, RoundRecord, RoundSchedule, marglik_fit
+
+ONLINE_EVERY_EPOCH = RoundSchedule("online", burnin_epochs=0, every_epochs=1)
 
 
 def _offset_backbone(net: Network, scale: float = 0.3) -> Network:
@@ -60,7 +62,8 @@ def test_linear_regression_learns_the_evidence_maximiser():
     estimator = LaplaceEstimator("kron", "ggn", fit_batch_size=n, likelihood="regression",
                                  sigma_noise=sigma)
     run = marglik_fit(net, (x, y), estimator, groups, lr=0.1, steps=300, batch_size=n, seed=0,
-                      burnin_epochs=10, every_epochs=5, hyper_steps=20, hyper_lr=0.1,
+                      schedule=RoundSchedule("online", burnin_epochs=10, every_epochs=5),
+                      hyper_steps=20, hyper_lr=0.1,
                       likelihood="regression", sigma_noise=sigma)
     learned = run.precisions["backbone"]
     assert groups.names == ["backbone"]
@@ -219,10 +222,11 @@ def test_check_method_ntk():
 
 
 def test_sweep_then_finished():
-    from bench.method import FINISHED
+    from bench.method import FINISHED, Context
+    from bench.suite import Budget
 
     method = LaplaceMarglik(lrs=(0.1, 1e-3))
-    method.start(None)
+    method.start(Context.of(TINY_TASK, 0, Budget()))
     assert [method.suggest("a"), method.suggest("b"), method.suggest("c")] == \
         [{"lr": 0.1}, {"lr": 1e-3}, FINISHED]
 
@@ -271,7 +275,8 @@ def test_records_precisions_and_history(cls, options):
 
 def test_keeps_the_parameters_of_the_best_round():
     data = _bn_fit_data()
-    method = LaplaceMarglik(every_epochs=1, burnin_epochs=0, hyper_steps=10)
+    method = LaplaceMarglik(schedule="online", every_epochs=1, burnin_epochs=0, hyper_steps=10,
+                            keep="best")
     fitted = method.fit(data, {"lr": 0.2}, lambda step, m: False)
     info = fitted.info
     assert len(info["log_marglik"]) == 2  # steps 4 and 6
@@ -294,7 +299,7 @@ class _ScriptedEstimator:
         self.states.append({k: v.clone() for k, v in net.model.state_dict().items()})
         self.precisions.append(groups.precisions())
         value = self.values.pop(0)
-        return [value] * steps, value
+        return RoundRecord([value] * steps, value)
 
 
 def test_best_round_state_and_precisions_are_restored():
@@ -303,7 +308,7 @@ def test_best_round_state_and_precisions_are_restored():
     groups = PriorGroups(net, "two")
     estimator = _ScriptedEstimator([-1.0, -5.0])  # the first of two rounds is the best
     run = marglik_fit(net, data.train, estimator, groups, lr=0.2, steps=6, batch_size=16, seed=0,
-                      burnin_epochs=0, every_epochs=1, hyper_steps=1, hyper_lr=0.1)
+                      schedule=ONLINE_EVERY_EPOCH, hyper_steps=1, hyper_lr=0.1, keep="best")
     assert run.best_round == 0 and run.log_marglik == [-1.0, -5.0]
     first, last = estimator.states
     state = net.model.state_dict()
@@ -317,3 +322,77 @@ def test_stops_when_report_says_so():
     data = _bn_fit_data()
     fitted = LaplaceMarglik(hyper_steps=2).fit(data, {"lr": 0.05}, lambda step, m: True)
     assert fitted.steps_done == 4 and fitted.objective is None
+
+
+# ------------------------------------------------- 6. which network a run returns, when rounds happen
+
+
+def test_keep_final_returns_the_final_network_and_best_the_best_rounds():
+    data = _bn_fit_data()
+    states = {}
+    for keep in ("final", "best"):
+        net = data.make_network()
+        groups = PriorGroups(net, "two")
+        estimator = _ScriptedEstimator([-1.0, -5.0])  # the first of two rounds is the best
+        run = marglik_fit(net, data.train, estimator, groups, lr=0.2, steps=6, batch_size=16,
+                          seed=0, schedule=ONLINE_EVERY_EPOCH, hyper_steps=1, keep=keep)
+        states[keep] = (net.model.state_dict(), estimator, run)
+    final_state, final_est, final_run = states["final"]
+    best_state, best_est, best_run = states["best"]
+    first, last = final_est.states  # the same training both times (same seed)
+    assert not torch.equal(first["0.weight"], last["0.weight"])
+    for key in first:  # rounds happen after the step: the last round sees the final network
+        assert torch.equal(final_state[key], last[key]), key
+        assert torch.equal(best_state[key], first[key]), key
+    assert final_run.returned_log_marglik == -5.0 and best_run.returned_log_marglik == -1.0
+    assert final_run.precisions == final_est.precisions[-1]
+    assert best_run.precisions == best_est.precisions[0]
+
+
+def test_keep_is_recorded_and_picks_the_objective():
+    data = _bn_fit_data()
+    for keep in ("final", "best"):
+        fitted = LaplaceMarglik(schedule="online", burnin_epochs=0, every_epochs=1,
+                                hyper_steps=5, keep=keep).fit(data, {"lr": 0.2},
+                                                              lambda s, m: False)
+        info = fitted.info
+        assert info["keep"] == keep and len(info["log_marglik"]) == 2
+        chosen = info["final_log_marglik"] if keep == "final" else info["best_log_marglik"]
+        assert fitted.objective == pytest.approx(-chosen / 60)
+        assert info["best_log_marglik"] == max(info["log_marglik"])
+        assert info["final_log_marglik"] == info["log_marglik"][-1]
+
+
+@pytest.mark.parametrize("burnin, rounds, total, expected", [
+    (0.8, 3, 75, [60, 68, 75]),  # the default: the first round at 80% of the run
+    (0.5, 2, 10, [5, 10]),
+    (0.0, 1, 10, [10]),  # one round, after the last step
+    (0.9, 5, 4, [4]),  # more rounds than epochs left: one per epoch, deduplicated
+])
+def test_late_schedule_starts_where_asked(burnin, rounds, total, expected):
+    assert RoundSchedule("late", burnin=burnin, rounds=rounds).epochs(total) == expected
+
+
+def test_online_schedule_is_the_authors():
+    assert RoundSchedule("online", burnin_epochs=2, every_epochs=3).epochs(10) == [3, 6, 9, 10]
+
+
+def test_a_late_run_has_its_first_round_at_the_burnin_fraction():
+    data = _bn_fit_data()  # 60 examples at batch 16: 4 steps an epoch
+    net = data.make_network()
+    estimator = _ScriptedEstimator([-3.0, -2.0, -1.0])
+    run = marglik_fit(net, data.train, estimator, PriorGroups(net, "two"), lr=0.1, steps=40,
+                      batch_size=16, seed=0, schedule=RoundSchedule("late", 0.5, 3),
+                      hyper_steps=1)
+    assert [h["step"] for h in run.history] == [20, 32, 40]  # epochs 5, 8 (7.5 -> 8), 10
+
+
+@pytest.mark.parametrize("bad", [{"keep": "middle"}, {"schedule": "often"}, {"burnin": 1.0},
+                                 {"burnin": -0.1}, {"rounds": 0}])
+def test_bad_schedule_options_are_refused(bad):
+    from bench.errors import BenchError
+    from bench.method import Context
+    from bench.suite import Budget
+
+    with pytest.raises(BenchError):
+        LaplaceMarglik(**bad).start(Context.of(TINY_TASK, 0, Budget()))
