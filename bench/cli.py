@@ -181,20 +181,34 @@ def _cmd_replay(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from bench import schema
-    from bench.plots import plot_tradeoff
-    from bench.records import read_trials
+    from bench.plots import plot_run
 
-    for path in plot_tradeoff(read_trials(args.run_dir), Path(args.run_dir) / schema.PLOT_STEM):
+    methods = [m for text in args.methods or [] for m in text.split(",") if m] or None
+    for path in plot_run(args.run_dir, methods=methods, band=args.band):
         print(path)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from bench.curves import report_markdown
-    from bench.records import read_trials
+    from bench.report import report_run
 
-    print(report_markdown(read_trials(args.run_dir)))
+    print(report_run(args.run_dir))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from bench.compare import compare_runs
+
+    text, paths = compare_runs(args.run_dirs, args.out)
+    print(text)
+    print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from bench.status import format_status, run_status
+
+    print(format_status(*run_status(args.run_dir)))
     return 0
 
 
@@ -234,13 +248,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("plot", help="accuracy-vs-compute plot (PNG, SVG) of a run directory")
+    p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "
+                                    "and .svg)")
     p.add_argument("run_dir")
+    p.add_argument("--methods", nargs="+", metavar="LABEL",
+                   help="only these methods (labels, space- or comma-separated; default: all)")
+    p.add_argument("--band", choices=["ci", "minmax", "none"], default="ci",
+                   help="around each mean: a 95%% bootstrap interval over seeds (ci, default), "
+                        "the lowest to highest seed (minmax), or nothing")
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("report", help="Markdown table of a run directory (compute to target)")
+    p = sub.add_parser("report", help="Markdown report of a run directory (test accuracy with "
+                                      "intervals, paired differences, compute to target); "
+                                      "printed and written to DIR/report.md")
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="one summary over every task of one or more runs: "
+                                       "normalised score and mean rank at fractions of the "
+                                       "reference's compute, rank figure, critical-difference "
+                                       "diagram (5 tasks or more)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare",
+                   help="folder for compare.md, ranks.png/svg and cd.png/svg (default: compare)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("status", help="where a run stands (running, killed or finished): per "
+                                      "campaign trials done, compute spent of its cap, incumbent")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("export", help="write CSV copies of a run directory's tables")
     p.add_argument("run_dir")

@@ -1,12 +1,13 @@
-"""Accuracy-vs-compute curves from a run's records (METHODS.md section 4), and the report.
+"""Accuracy-vs-compute curves from a run's records (METHODS.md section 4), their summaries
+over seeds (mean, interval, compute to target) and the grid's subset bootstrap.
 
-Pure pandas/numpy, so a finished run can be analysed anywhere, without torch or Ray.
-Accuracies are fractions in [0, 1]; compute is resource-seconds (``RESOURCE_S``).
+Pure pandas/numpy/scipy, so a finished run can be analysed anywhere, without torch or Ray.
+Accuracies are fractions in [0, 1]; compute is what the records charge (``RESOURCE_S``;
+``bench.rundir.compute_unit`` says in which unit).
 """
 
 from __future__ import annotations
 
-import warnings
 import zlib
 
 import numpy as np
@@ -14,22 +15,22 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.schema import (
-    COMPUTE_S, ENDED_S, FAILED, K, KIND, LEARNED, METHOD, OBJECTIVE, OK, OVER_BUDGET, PRUNED,
-    RESOURCE_S, RETRAIN, RETRAIN_OF, SEARCH, SEED, STATUS, TASK, TEST_ACC, TEST_NLL, TRIAL_ID,
-    VAL_NLL,
+    COMPUTE_S, ENDED_S, K, KIND, LEARNED, METHOD, OBJECTIVE, OK, RESOURCE_S, RETRAIN, RETRAIN_OF,
+    SEARCH, SEED, STATUS, TASK, TEST_ACC, TEST_NLL, TRIAL_ID, VAL_NLL,
 )
+from bench.stats import mean_interval, seed_interval
 
 CURVE_COLUMNS = [TASK, METHOD, SEED, K, COMPUTE_S, TEST_ACC, TEST_NLL, TRIAL_ID]
-AGGREGATE_COLUMNS = [TASK, METHOD, COMPUTE_S, "mean", "low", "high", "seeds"]
+# ``complete``: every seed has a point at this compute (only there is ``mean`` a mean over
+# all seeds); ``low``/``high``: the band, only where complete
+AGGREGATE_COLUMNS = [TASK, METHOD, COMPUTE_S, "mean", "low", "high", "seeds", "complete"]
 BOOTSTRAP_COLUMNS = [TASK, METHOD, SEED, K, COMPUTE_S, "mean", "low", "high", "complete"]
-TARGET_COLUMNS = [TASK, METHOD, "final_acc", "final_compute_s", "compute_to_target_s",
-                  "ratio_to_reference"]
-# From this many seeds the band is the 2.5/97.5 percentile range; with fewer, percentiles of
-# a handful of values mean little, so the band is the min/max over seeds.
-PERCENTILE_MIN_SEEDS = 5
+TARGET_COLUMNS = [TASK, METHOD, "target", "final_acc", "final_compute_s", "compute_to_target_s",
+                  "compute_to_target_low", "compute_to_target_high", "ratio_to_reference"]
+BANDS = ("ci", "minmax", "none")
+TOLERANCE = 0.01  # "within the target": 1 percentage point below the reference's final mean
 # Slack on "within tolerance of the target" so that 0.8 - 0.01 == 0.79 in floating point.
 _EPS = 1e-12
-_STATUSES = (OK, FAILED, OVER_BUDGET, PRUNED)
 _BASE = [TASK, METHOD, SEED, TRIAL_ID, KIND, STATUS, ENDED_S, RESOURCE_S]
 
 
@@ -139,42 +140,68 @@ def _step_values(curve: pd.DataFrame, xs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _aggregate_at(method_curves: pd.DataFrame, xs: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean and band over the seeds that have started at each x."""
+
+
+def _seed_matrix(method_curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every compute where the mean can change (the union of the seeds' points), and each
+    seed's step value there (one row per seed, NaN before its first point)."""
+    xs = np.unique(method_curves[COMPUTE_S].to_numpy(float))
     vals = np.vstack([_step_values(g, xs) for _, g in method_curves.groupby(SEED, sort=True)])
-    seeds = (~np.isnan(vals)).sum(axis=0)
-    wide = seeds >= PERCENTILE_MIN_SEEDS
-    with warnings.catch_warnings():  # before any seed's first point a column is all NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pct = np.nanpercentile(vals, [2.5, 97.5], axis=0)
-        return {"mean": np.nanmean(vals, axis=0),
-                "low": np.where(wide, pct[0], np.nanmin(vals, axis=0)),
-                "high": np.where(wide, pct[1], np.nanmax(vals, axis=0)),
-                "seeds": seeds, "all_seeds": vals.shape[0]}
+    return xs, vals
 
 
-def aggregate_curves(curves: pd.DataFrame, points: int = 200) -> pd.DataFrame:
-    """Seeds stop at different computes, so compare them on one log grid per (task, method).
+def aggregate_curves(curves: pd.DataFrame, band: str = "ci") -> pd.DataFrame:
+    """Mean over seeds at every compute where it can change, per (task, method).
 
-    The grid spans the smallest to the largest compute of any point of the method's seeds.
-    Band: min/max over the started seeds, or their 2.5/97.5 percentiles from
-    ``PERCENTILE_MIN_SEEDS`` (5) started seeds on.
+    Seeds start at different computes (their first incumbent, or its retrain, lands at
+    different times), so ``complete`` marks where every seed has a point: from there on
+    ``mean`` is a mean over all seeds; before, it is over the seeds that have started
+    (``seeds`` counts them), which plots draw dashed and no statistic uses. Band, where
+    complete: "ci" a bootstrap 95% interval of the mean over seeds (``bench.stats``),
+    "minmax" the lowest and highest seed, "none" no band (NaN).
     """
     _require(curves, CURVE_COLUMNS[:-1], "aggregate_curves")
-    if points < 2:
-        raise BenchError(f"aggregate_curves: points must be at least 2, got {points}")
-    if (curves[COMPUTE_S] <= 0).any():
-        raise BenchError("aggregate_curves: compute must be positive for a log-spaced grid")
+    if band not in BANDS:
+        raise BenchError(f"aggregate_curves: band must be one of {', '.join(BANDS)}, got {band!r}")
     frames = []
     for (task, method), g in curves.groupby([TASK, METHOD], sort=True):
-        lo, hi = g[COMPUTE_S].min(), g[COMPUTE_S].max()
-        xs = np.geomspace(lo, hi, points)
-        xs[0], xs[-1] = lo, hi
-        xs = np.unique(xs)
-        agg = _aggregate_at(g, xs)
-        frames.append(pd.DataFrame({TASK: task, METHOD: method, COMPUTE_S: xs,
-                                    **{c: agg[c] for c in ("mean", "low", "high", "seeds")}}))
+        xs, vals = _seed_matrix(g)
+        started = ~np.isnan(vals)
+        complete = started.all(axis=0)
+        low, high = np.full(len(xs), np.nan), np.full(len(xs), np.nan)
+        if complete.any() and band == "ci":
+            low[complete], high[complete] = mean_interval(vals[:, complete])
+        elif complete.any() and band == "minmax":
+            low[complete], high[complete] = vals[:, complete].min(0), vals[:, complete].max(0)
+        mean = np.array([v[s].mean() for v, s in zip(vals.T, started.T)])
+        frames.append(pd.DataFrame({TASK: task, METHOD: method, COMPUTE_S: xs, "mean": mean,
+                                    "low": low, "high": high, "seeds": started.sum(axis=0),
+                                    "complete": complete}))
+    if not frames:
+        return pd.DataFrame(columns=AGGREGATE_COLUMNS)
     return pd.concat(frames, ignore_index=True)[AGGREGATE_COLUMNS]
+
+
+def mean_at(method_curves: pd.DataFrame, xs) -> np.ndarray:
+    """One method's mean over all its seeds at each compute in ``xs``; NaN where some seed
+    has no point yet (or ``xs`` lies before every point)."""
+    vals = np.vstack([_step_values(g, np.asarray(xs, dtype=float))
+                      for _, g in method_curves.groupby(SEED, sort=True)])
+    return vals.mean(axis=0)  # a NaN seed makes the mean NaN: not a mean over all seeds
+
+
+def _reach(xs: np.ndarray, vals: np.ndarray, target: float) -> float:
+    """The compute from which the mean over all seeds (rows of ``vals``) stays at or above
+    ``target`` to the end of the curve; NaN if it ends below (or never covers all seeds).
+    Seeds hold their last value after their last point, so "complete" is a suffix."""
+    complete = ~np.isnan(vals).any(axis=0)
+    if not complete.any():
+        return np.nan
+    xs, mean = xs[complete], vals[:, complete].mean(axis=0)
+    below = np.flatnonzero(mean < target)
+    if below.size == 0:
+        return float(xs[0])
+    return np.nan if below[-1] == len(xs) - 1 else float(xs[below[-1] + 1])
 
 
 def _bootstrap_candidates(group: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
@@ -242,89 +269,51 @@ def _finals(curves: pd.DataFrame) -> pd.DataFrame:
     return last.sort_values([TASK, METHOD, SEED], kind="stable")
 
 
-def _method_targets(curves: pd.DataFrame, method: str) -> dict:
-    """Mean curve evaluated exactly at every compute where it can change."""
-    g = curves[curves[METHOD] == method]
-    xs = np.unique(g[COMPUTE_S].to_numpy(float))
-    agg = _aggregate_at(g, xs)
-    final = _finals(g)
-    return {"xs": xs, "mean": agg["mean"], "all": agg["seeds"] == agg["all_seeds"],
-            "final_acc": agg["mean"][-1], "final_compute_s": final[COMPUTE_S].mean()}
+def final_points(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each (task, method, seed)'s final test accuracy and compute, indexed by them."""
+    _require(curves, CURVE_COLUMNS[:-1], "final_points")
+    return _finals(curves).set_index([TASK, METHOD, SEED])[[TEST_ACC, COMPUTE_S, TRIAL_ID]]
+
+
+def sweep_best(trials: pd.DataFrame) -> pd.Series:
+    """A learned method's best run of its sweep by test accuracy, per (task, method, seed):
+    what an oracle that peeks at the test set would pick instead of the method's rule."""
+    ok = trials[(trials[KIND] == LEARNED) & (trials[STATUS] == OK) & trials[TEST_ACC].notna()]
+    return ok.groupby([TASK, METHOD, SEED])[TEST_ACC].max().astype(float)
 
 
 def compute_to_target(curves: pd.DataFrame, reference: str = "grid",
-                      tolerance: float = 0.01) -> pd.DataFrame:
+                      tolerance: float = TOLERANCE, interval: bool = True) -> pd.DataFrame:
     """How much compute each method needs to match the reference (METHODS.md section 4).
 
-    Target per task: the reference's mean curve at its last point, i.e. the mean over seeds
-    of each seed's final test accuracy. A method reaches it at the smallest compute where
-    its mean curve is >= target - ``tolerance`` (absolute; 0.01 = 1 percentage point).
-    The mean curve is evaluated exactly at its breakpoints (not on the plotting grid), and
-    only where every seed of the method has started: a mean over the seeds that happen to
-    be early is not a mean over seeds. ``final_compute_s`` is the mean over seeds of each
+    Target per task: the reference's mean over seeds of each seed's final test accuracy,
+    minus ``tolerance`` (absolute; 0.01 = 1 percentage point). A method reaches it at the
+    compute from which its mean curve stays at or above the target to the end of its curve
+    (a curve that reaches it and falls below again has not reached it; one that ends below
+    has no compute to target). The mean is taken only where every seed of the method has
+    a point, and evaluated exactly at its breakpoints. ``compute_to_target_low``/``high``:
+    a bootstrap 95% interval over the method's seeds, the target held fixed (inf: some
+    resamples never stay within it). ``final_compute_s`` is the mean over seeds of each
     seed's last-point compute.
     """
     _require(curves, CURVE_COLUMNS[:-1], "compute_to_target")
     rows = []
     for task, tc in curves.groupby(TASK, sort=True):
-        stats = {m: _method_targets(tc, m) for m in sorted(tc[METHOD].unique())}
-        if reference not in stats:
+        matrices = {m: _seed_matrix(g) for m, g in tc.groupby(METHOD, sort=True)}
+        if reference not in matrices:
             raise BenchError(f"compute_to_target: task {task!r} has no curve for reference {reference!r}")
-        target = stats[reference]["final_acc"] - tolerance - _EPS
-        for st in stats.values():
-            hit = st["all"] & (st["mean"] >= target)
-            st["reach"] = st["xs"][hit.argmax()] if hit.any() else np.nan
-        for m, st in stats.items():
-            rows.append({TASK: task, METHOD: m, "final_acc": st["final_acc"],
-                         "final_compute_s": st["final_compute_s"], "compute_to_target_s": st["reach"],
-                         "ratio_to_reference": st["reach"] / stats[reference]["reach"]})
+        finals = _finals(tc).groupby(METHOD)
+        final_acc, final_compute = finals[TEST_ACC].mean(), finals[COMPUTE_S].mean()
+        target = final_acc[reference] - tolerance - _EPS
+        reach = {m: _reach(xs, vals, target) for m, (xs, vals) in matrices.items()}
+        for m, (xs, vals) in matrices.items():
+            low = high = np.nan
+            if interval:
+                low, high = seed_interval(len(vals), lambda rows, xs=xs, vals=vals:
+                                          np.nan_to_num(_reach(xs, vals[rows], target), nan=np.inf))
+            rows.append({TASK: task, METHOD: m, "target": target + _EPS,
+                         "final_acc": final_acc[m], "final_compute_s": final_compute[m],
+                         "compute_to_target_s": reach[m], "compute_to_target_low": low,
+                         "compute_to_target_high": high,
+                         "ratio_to_reference": reach[m] / reach[reference]})
     return pd.DataFrame(rows, columns=TARGET_COLUMNS)
-
-
-def _fmt(x: float, spec: str) -> str:
-    return "–" if pd.isna(x) else format(x, spec)
-
-
-def _task_report(task: str, trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
-    """One table per task; methods without a single point still show their status counts."""
-    counts = trials.groupby([METHOD, STATUS]).size().unstack(fill_value=0)
-    lines, reference = [f"## {task}", ""], None
-    table = pd.DataFrame(columns=TARGET_COLUMNS).set_index(METHOD)
-    if curves.empty:
-        lines.append("No method has a scored point yet.")
-    else:
-        finals = _finals(curves).groupby(METHOD)
-        reference = "grid" if "grid" in set(curves[METHOD]) else finals[TEST_ACC].mean().idxmax()
-        table = (compute_to_target(curves, reference=reference).set_index(METHOD)
-                 .join(finals[TEST_ACC].std(ddof=1).rename("spread"))
-                 .join(finals[SEED].nunique().rename("seeds")))
-        lines.append(f"Reference: {reference}" + ("." if reference == "grid" else
-                     " (no grid-search curve in this task: the method with the best final accuracy)."))
-    lines += ["", f"| method | seeds | test acc (%) | final compute (s) | compute to target (s) "
-                  f"| ratio to {reference or 'reference'} | " + " | ".join(_STATUSES) + " |",
-              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(_STATUSES)]
-    for m in sorted(set(trials[METHOD])):
-        r = table.loc[m] if m in table.index else pd.Series(dtype=float)
-        acc = ("–" if pd.isna(r.get("final_acc")) else
-               f"{100 * r['final_acc']:.2f} ± {_fmt(100 * r['spread'], '.2f')}")
-        status = [str(counts.loc[m].get(s, 0)) for s in _STATUSES]
-        lines.append(f"| {m} | {int(r.get('seeds', 0))} | {acc} | "
-                     f"{_fmt(r.get('final_compute_s'), ',.1f')} | "
-                     f"{_fmt(r.get('compute_to_target_s'), ',.1f')} | "
-                     f"{_fmt(r.get('ratio_to_reference'), '.3f')} | " + " | ".join(status) + " |")
-    return lines + [""]
-
-
-def report_markdown(trials: pd.DataFrame) -> str:
-    """The numbers behind the trade-off plot, readable without it."""
-    _require(trials, _BASE, "report_markdown")
-    curves = anytime_curves(trials)
-    lines = ["# Accuracy vs compute", "",
-             "Test accuracy: class-balanced, at each seed's last point; mean ± sample standard "
-             "deviation over seeds. Final compute: resource-seconds at each seed's last point, "
-             "mean over seeds. Compute to target: the first compute at which the mean over all "
-             "seeds comes within 1 percentage point of the reference's final mean accuracy. "
-             "Status columns count every run (search, retrain and learned).", ""]
-    for task in sorted(set(trials[TASK])):
-        lines += _task_report(task, trials[trials[TASK] == task], curves[curves[TASK] == task])
-    return "\n".join(lines)

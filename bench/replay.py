@@ -257,16 +257,28 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
     plans = [(task, seed, spec) for task in suite.tasks for seed in suite.seeds
              for spec in suite.methods]
     finished: list[Campaign] = []
+    started_campaigns: list[Campaign] = []
 
     def make(task, seed, spec):
-        return lambda: Campaign(suite.name, task, spec.label, spec.build(), seed, suite.budget,
-                                0.0, on_record=show.record, clock=clock, discrete=True)
+        def build():
+            started_campaigns.append(Campaign(
+                suite.name, task, spec.label, spec.build(), seed, suite.budget, 0.0,
+                on_record=record, clock=clock, discrete=True, plugin=spec.plugin))
+            return started_campaigns[-1]
+        return build
+
+    def record(campaign: Campaign, row: dict) -> None:  # a live table, as bench run keeps
+        show.record(campaign, row)
+        write_table(out / S.TRIALS_FILE, frame([r for c in started_campaigns for r in c.rows],
+                                               S.TRIAL_COLUMNS))
 
     def done(campaign: Campaign) -> None:
         finished.append(campaign)
         show.done(campaign)
 
     queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / S.SUITE_FILE, suite.source)
     simulate(queue, recorded, suite.budget.workers, clock)
     rows = [r for c in finished for r in c.rows]
     if suite.records.startswith(PREFIX):  # each recorded run held one A100: charge GPU-seconds
@@ -276,9 +288,8 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
         bo = published_bo(suite.records)
         names = {t.name for t in suite.tasks}
         bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
-        trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name})], ignore_index=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / S.SUITE_FILE, suite.source)
+        trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name, S.PLUGIN: "published:bo"})],
+                           ignore_index=True)  # recorded traces, not a plugin run here
     write_table(out / S.TRIALS_FILE, trials)
     write_table(out / S.REPORTS_FILE, frame([r for c in finished for r in c.reports],
                                             S.REPORT_COLUMNS))

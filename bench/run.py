@@ -227,7 +227,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
                         "versions": _versions(), "machine": _machine(),
                         "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
                         "ray_address": address or "local", "ray_start_s": ray_start_s,
-                        "started": stamp}
+                        "started": stamp, S.REFERENCE: suite.reference}
             if faults:  # this run's failures were made on purpose
                 metadata["injected_faults"] = os.environ[ENV]
         write_json(out / S.METADATA_FILE, metadata)
@@ -237,19 +237,29 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
         threads = max(1, int(suite.budget.cpus_per_worker))
         specs = [TrialSpec(task, seed, spec.build(), threads, suite.budget.gpus_per_worker)
                  for task, seed, spec in plans]
-        finished: list = []
+        started: list = []  # campaigns in the order they started
 
         def make(task, seed, spec):
-            return lambda: Campaign(suite.name, task, spec.label, spec.build(), seed,
-                                    suite.budget, clock0, on_record=show.record)
+            def build():
+                started.append(Campaign(suite.name, task, spec.label, spec.build(), seed,
+                                        suite.budget, clock0, on_record=record,
+                                        plugin=spec.plugin))
+                return started[-1]
+            return build
 
-        def done(campaign) -> None:  # tables after every campaign; the journal after every event
-            finished.append(campaign)
-            show.done(campaign)
+        def write_trials() -> None:
             write_table(out / S.TRIALS_FILE,
-                        frame([r for c in finished for r in c.rows], S.TRIAL_COLUMNS))
+                        frame([r for c in started for r in c.rows], S.TRIAL_COLUMNS))
+
+        def record(campaign, row: dict) -> None:  # trials after every trial: a live table
+            show.record(campaign, row)
+            write_trials()
+
+        def done(campaign) -> None:  # reports after every campaign; the journal every event
+            show.done(campaign)
+            write_trials()
             write_table(out / S.REPORTS_FILE,
-                        frame([r for c in finished for r in c.reports], S.REPORT_COLUMNS))
+                        frame([r for c in started for r in c.reports], S.REPORT_COLUMNS))
 
         journal = Journal(out / S.JOURNAL_FILE, lambda: time.perf_counter() - clock0, good)
         queue = CampaignQueue([make(*plan) for plan in plans], show.campaign, done, log=journal)
@@ -279,12 +289,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
 
 def summarize(out: Path) -> tuple[list[Path], str]:
     """Plot and report a finished run directory."""
-    from bench.curves import report_markdown
-    from bench.plots import plot_tradeoff
-    from bench.records import read_trials
+    from bench.curves import report_run
+    from bench.plots import plot_run
 
-    trials = read_trials(out)
-    paths = plot_tradeoff(trials, out / S.PLOT_STEM)
-    report = report_markdown(trials)
-    write_text(out / S.REPORT_FILE, report)
-    return paths, report
+    paths = plot_run(out)
+    return paths, report_run(out)
