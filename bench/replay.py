@@ -11,7 +11,9 @@ configuration (``retrain_all = true``).
 A replay suite is TOML:
 
     name = "replay-cifar10-resnet50"
-    records = "published:cifar10-resnet50"   # bench list records, or a run directory
+    records = "published:cifar10-resnet50"   # bench list records, or a run directory;
+                                             # a list of published record sets (their
+                                             # tasks are named apart) for one suite on all
     seeds = [1001, 2001, 3001]               # the records' seeds
     bo = true                                # add the study's BO traces (where published)
 
@@ -97,9 +99,13 @@ class Recorded:
         return self.runs.get((task, seed, kind, config_key(hp)))
 
 
+SEPARATOR = ", "  # between the record sets of a suite that replays several
+
+
 def load_records(source: str) -> pd.DataFrame:
     if source.startswith(PREFIX):
-        return published_runs(source)
+        return pd.concat([published_runs(part) for part in source.split(SEPARATOR)],
+                         ignore_index=True)
     return read_trials(source)
 
 
@@ -186,9 +192,12 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         raise BenchError(f"{origin}: malformed TOML: {err}") from None
     _check_keys(origin, raw, ["name", "records", "seeds", "bo", "budget", "tasks", "methods"])
     records = raw.get("records")
+    if isinstance(records, list) and records and all(
+            isinstance(r, str) and r.startswith(PREFIX) for r in records):
+        records = SEPARATOR.join(records)  # several published record sets
     if not isinstance(records, str):
         raise BenchError(f"{origin}: records must name published:<{'|'.join(RECORD_SETS)}> "
-                         "or a run directory")
+                         "(or a list of them) or a run directory")
     recorded = Recorded(load_records(records))
     seeds = raw.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
@@ -205,6 +214,7 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         table = _check_keys(f"{origin} task {i + 1}", table, ["name", "cap_s"])
         name = table.get("name")
         if name not in recorded.tasks():
+            _check_n(origin, name, records, recorded)
             raise BenchError(f"{origin}: unknown recorded task {name!r}; the records have: "
                              f"{', '.join(recorded.tasks())}")
         cap = table.get("cap_s")
@@ -227,12 +237,25 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
                      discrete=True)
     bo = bool(raw.get("bo", False))
-    if bo and not (records.startswith(PREFIX) and record_set(records).bo):
+    if bo and not (records.startswith(PREFIX) and any(
+            record_set(r).bo for r in records.split(SEPARATOR))):
         raise BenchError(f"{origin}: bo = true needs published records with a BO trace ("
                          + ", ".join(r.name for r in RECORD_SETS.values() if r.bo) + ")")
     _check_selection(origin, methods, recorded)
     return ReplaySuite(str(raw.get("name", Path(origin).stem)), records, tuple(tasks),
                        tuple(methods), tuple(seeds), budget, bo, text)
+
+
+def _check_n(origin: str, name, records: str, recorded: Recorded) -> None:
+    """A task of a published record set at an N it does not hold: say which N it holds."""
+    if not (isinstance(name, str) and records.startswith(PREFIX) and "-N" in name):
+        return
+    prefix = name.rsplit("-N", 1)[0]
+    ns = sorted(int(t.rsplit("-N", 1)[1]) for t in recorded.tasks()
+                if t.rsplit("-N", 1)[0] == prefix)
+    if ns:
+        raise BenchError(f"{origin}: task {name!r}: the records hold {prefix} at N = "
+                         f"{', '.join(map(str, ns))} only")
 
 
 def _check_selection(origin: str, methods, recorded: Recorded) -> None:
@@ -285,7 +308,8 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
         rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
     trials = frame(rows, S.TRIAL_COLUMNS)
     if suite.bo:
-        bo = published_bo(suite.records)
+        bo = pd.concat([published_bo(r) for r in suite.records.split(SEPARATOR)
+                        if record_set(r).bo], ignore_index=True)
         names = {t.name for t in suite.tasks}
         bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
         trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name, S.PLUGIN: "published:bo"})],
