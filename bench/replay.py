@@ -6,7 +6,10 @@ reports, as live) and the campaign order are those of a live run, driven by the 
 simulation instead of Ray. Methods see a discrete space (each hyperparameter's recorded
 values), so every suggestion has a recorded run. Records come from the published DE-ELBo
 study (``published:<name>``) or from a harness run directory whose grid retrained every
-configuration (``retrain_all = true``).
+configuration (``retrain_all = true``). A harness run's recorded per-epoch reports
+(``bench.learning_curves``) are replayed at their steps, validation metrics included
+where recorded, so pruning methods act on them; a pruning method (``reports_validation``)
+is refused on records without them for every configuration (published records have none).
 
 A replay suite is TOML:
 
@@ -51,7 +54,8 @@ from bench.errors import BenchError
 from bench.method import FINISHED
 from bench.published import (COMPUTE_UNIT, PREFIX, RECORD_SETS, config_key, published_bo,
                              published_runs, record_set)
-from bench.records import frame, read_trials, write_json, write_table, write_text
+from bench.learning_curves import LearningCurves, report_times
+from bench.records import frame, read_reports, read_trials, write_json, write_table, write_text
 from bench.space import Param
 from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys, check_starts
 
@@ -60,25 +64,55 @@ REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is u
 
 @dataclass(frozen=True)
 class RecordedTask:
-    """A task of the records: its name and the discrete space its configurations span."""
+    """A task of the records: its name, the discrete space its configurations span, and
+    (where the records have per-epoch reports) a full search run's steps and reports."""
 
     name: str
     space: tuple[Param, ...]
     cap_s: float | None = None
+    steps: int | None = None
+    epochs: int | None = None  # evaluation reports of a full search run
 
     def search_space(self) -> tuple[Param, ...]:
         return self.space
 
 
 class Recorded:
-    """Finished runs, looked up by (task, seed, kind, configuration)."""
+    """Finished runs, looked up by (task, seed, kind, configuration), with their per-epoch
+    reports where the records keep them (a harness run directory's reports.parquet). Of
+    two runs of one configuration, one with validation at every epoch is the one used."""
 
-    def __init__(self, trials: pd.DataFrame) -> None:
+    def __init__(self, trials: pd.DataFrame, reports: pd.DataFrame | None = None) -> None:
         ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
-        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]])
+        self.curves = LearningCurves(reports)
+        validated = [self.curves.validated(r) for r in ok.to_dict("records")]
+        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]],
+                       _validated=validated).sort_values("_validated", kind="stable")
         self.runs = {(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"]): r
                      for r in ok.to_dict("records")}
         self.trials = ok
+
+    def _search_runs(self, task: str, seeds=None) -> list[dict]:
+        return [r for (t, seed, kind, _), r in self.runs.items()
+                if t == task and kind == S.SEARCH and (seeds is None or seed in seeds)]
+
+    def steps(self, task: str) -> int | None:
+        """A full search run's optimiser steps (None: not recorded)."""
+        done = pd.to_numeric(pd.Series([r.get(S.STEPS_DONE) for r in self._search_runs(task)],
+                                       dtype=object), errors="coerce").dropna()
+        return int(done.max()) if len(done) else None
+
+    def epochs(self, task: str) -> int | None:
+        """Evaluation reports of a full search run (None: no per-epoch validation)."""
+        counts = [len(self.curves.of(r)) for r in self._search_runs(task)
+                  if self.curves.validated(r)]
+        return max(counts) if counts else None
+
+    def unvalidated(self, task: str, seeds) -> tuple[int, int]:
+        """(configurations without per-epoch validation, configurations) of the task's
+        search runs at ``seeds``."""
+        runs = self._search_runs(task, set(seeds))
+        return sum(not self.curves.validated(r) for r in runs), len(runs)
 
     def tasks(self) -> list[str]:
         return sorted(set(self.trials[S.TASK]))
@@ -107,6 +141,11 @@ def load_records(source: str) -> pd.DataFrame:
         return pd.concat([published_runs(part) for part in source.split(SEPARATOR)],
                          ignore_index=True)
     return read_trials(source)
+
+
+def load_reports(source: str) -> pd.DataFrame | None:
+    """The records' per-epoch reports: a run directory's; published records have none."""
+    return None if source.startswith(PREFIX) else read_reports(source)
 
 
 class SimulatedClock:
@@ -146,10 +185,17 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
                          S.ERROR: f"no recorded {config['kind']} run for {config['hp']}"}
                 heapq.heappush(events, (clock.now, next(order), trial_id, "final", final))
                 continue
-            wall, epoch = float(run[S.WALL_S]), _epoch_s(run)
-            for k in range(1, math.ceil(wall / epoch)):
-                heapq.heappush(events, (clock.now + k * epoch, next(order), trial_id, "epoch",
-                                        {"phase": "epoch", S.STEP: k, S.NODE: "replay"}))
+            wall, curve = float(run[S.WALL_S]), recorded.curves.of(run)
+            if curve:  # the recorded reports, metrics and all, at their steps
+                for at, report in zip(report_times(run, curve), curve):
+                    heapq.heappush(events, (clock.now + at, next(order), trial_id, "epoch",
+                                            {"phase": "epoch", S.NODE: "replay", **report}))
+            else:
+                epoch = _epoch_s(run)
+                for k in range(1, math.ceil(wall / epoch)):
+                    heapq.heappush(events, (clock.now + k * epoch, next(order), trial_id,
+                                            "epoch", {"phase": "epoch", S.STEP: k,
+                                                      S.NODE: "replay"}))
             final = {"phase": "final", S.STATUS: S.OK, S.NODE: "replay",
                      S.TRAIN_S: run.get(S.TRAIN_S), S.EVAL_S: run.get(S.EVAL_S),
                      **{key: run.get(key) for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML,
@@ -198,7 +244,7 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
     if not isinstance(records, str):
         raise BenchError(f"{origin}: records must name published:<{'|'.join(RECORD_SETS)}> "
                          "(or a list of them) or a run directory")
-    recorded = Recorded(load_records(records))
+    recorded = Recorded(load_records(records), load_reports(records))
     seeds = raw.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise BenchError(f"{origin}: seeds must be a non-empty list of the records' seeds")
@@ -220,7 +266,8 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         cap = table.get("cap_s")
         if cap is not None and not (isinstance(cap, (int, float)) and cap > 0):
             raise BenchError(f"{origin} task {name}: cap_s must be a number > 0")
-        tasks.append(RecordedTask(name, recorded.space(name), cap))
+        tasks.append(RecordedTask(name, recorded.space(name), cap, recorded.steps(name),
+                                  recorded.epochs(name)))
     if not tasks:
         raise BenchError(f"{origin}: no [[tasks]]")
     methods = []
@@ -234,6 +281,9 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
     if not methods:
         raise BenchError(f"{origin}: no [methods.*] tables")
     for spec in methods:
+        _check_fidelity(f"{origin} [methods.{spec.label}]", spec, records, recorded, tasks,
+                        seeds)
+    for spec in methods:
         check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
                      discrete=True)
     bo = bool(raw.get("bo", False))
@@ -244,6 +294,26 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
     _check_selection(origin, methods, recorded)
     return ReplaySuite(str(raw.get("name", Path(origin).stem)), records, tuple(tasks),
                        tuple(methods), tuple(seeds), budget, bo, text)
+
+
+def _check_fidelity(where: str, spec: MethodSpec, records: str, recorded: Recorded, tasks,
+                    seeds) -> None:
+    """A method that prunes on per-epoch validation metrics is replayed only on records
+    that hold them for every configuration it may pick; anything else would run it
+    without pruning, silently."""
+    if not spec.build().reports_validation:
+        return
+    for task in tasks:
+        missing, total = recorded.unvalidated(task.name, seeds)
+        if missing == total:
+            raise BenchError(f"{where}: {spec.plugin} prunes on per-epoch validation metrics "
+                             f"and the records {records} have none for task {task.name} "
+                             "(published records never do; replay a harness run directory "
+                             "whose search runs reported validation every epoch)")
+        if missing:
+            raise BenchError(f"{where}: {spec.plugin} prunes on per-epoch validation metrics "
+                             f"and the records {records} have them for only {total - missing} "
+                             f"of the {total} search runs of task {task.name} at these seeds")
 
 
 def _check_n(origin: str, name, records: str, recorded: Recorded) -> None:
@@ -273,7 +343,7 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
 
     out = Path(out)
     check_output_dir(out)
-    recorded = Recorded(load_records(suite.records))
+    recorded = Recorded(load_records(suite.records), load_reports(suite.records))
     clock = SimulatedClock()
     started = time.perf_counter()
     show = Progress(suite, progress)
