@@ -4,13 +4,17 @@ the task's regularizer, for search trials and their retrains."""
 from __future__ import annotations
 
 from bench.method import FitData, Fitted, Report
-from bench.regularizers import make_regularizer
+from bench.regularizers import Regularizer, make_regularizer
+from bench.selflabel import SelfLabeling, SelfLabelingConfig
 from bench.train import Evaluation, Timer, TrainConfig, fine_tune
 
 
-def task_hooks(task) -> list:
-    """Training hooks a task asks for beside its regularizer (none yet by default)."""
-    return []
+def task_hooks(task, config: dict[str, float]) -> list:
+    """Training hooks a task asks for beside its regularizer: self-labeling if it sets
+    ``self_labeling`` (with the trial's values of the options its space tunes)."""
+    if task.self_labeling is None:
+        return []
+    return [SelfLabeling(task.self_labeling.with_values(config))]
 
 
 def epoch_metrics(evaluation: Evaluation) -> dict[str, float]:
@@ -24,12 +28,17 @@ def epoch_metrics(evaluation: Evaluation) -> dict[str, float]:
 
 
 def standard_fit(data: FitData, config: dict[str, float], report: Report,
-                 report_validation: bool) -> Fitted:
+                 report_validation: bool, regularizer: Regularizer | None = None,
+                 hooks: list | None = None) -> Fitted:
     """The shared fine-tuning loop at ``config``, reporting validation metrics per epoch
-    when asked (for pruning)."""
+    when asked (for pruning). A method may train with its own ``regularizer`` and
+    ``hooks`` instead of the task's (e.g. ``regsl``)."""
     task = data.task
-    hp = {k: v for k, v in config.items() if k != "lr"}
-    regularizer = make_regularizer(task.regularizer, **hp)
+    if regularizer is None:
+        hp = {k: v for k, v in config.items()
+              if k != "lr" and k not in SelfLabelingConfig.names()}
+        regularizer = make_regularizer(task.regularizer, **hp)
+    hooks = task_hooks(task, config) if hooks is None else hooks
     net = data.make_network()
     evals = {"val": data.validation} if report_validation and data.validation else {}
     # an epoch report goes out even without evaluation, so budgets can stop the trial
@@ -40,6 +49,6 @@ def standard_fit(data: FitData, config: dict[str, float], report: Report,
     config_ = TrainConfig(lr=config["lr"], steps=task.steps, batch_size=task.batch_size,
                           seed=data.seed)
     result = fine_tune(net, regularizer, data.train, config_, evals, callback, Timer(),
-                       hooks=task_hooks(task))
+                       hooks=hooks)
     return Fitted(net, info={"final_loss": result.final_loss}, steps_done=result.steps_done,
                   train_s=result.train_s, eval_s=result.eval_s)

@@ -28,6 +28,7 @@ import torch
 from bench.errors import BenchError
 from bench.options import is_number
 from bench.space import Param
+from bench.train import Hook, Loop
 
 AUTHORS_EPOCHS = 30  # the authors' training length; epoch options are fractions of it
 
@@ -115,3 +116,39 @@ def temperature_at(epoch: float, config: SelfLabelingConfig) -> float:
     first, to no less than half its start."""
     done = math.floor(epoch) - 1 - config.reweight_epoch
     return config.temperature * max(0.5, math.exp(-0.1 * max(0.0, done)))
+
+
+# --------------------------------------------------------------------- the hook
+
+
+class SelfLabeling(Hook):
+    """The training-loop hook: corrected targets (kept in ``labels_``, one per training
+    example) and reweighted batch losses. Reports how many labels differ from the given
+    ones (``relabeled``) at every epoch's end."""
+
+    def __init__(self, config: SelfLabelingConfig) -> None:
+        self.config = config
+
+    def on_start(self, loop: Loop) -> None:
+        self.labels_ = loop.y.clone()
+
+    def targets(self, loop: Loop, idx: torch.Tensor, y: torch.Tensor,
+                logits: torch.Tensor) -> torch.Tensor:
+        idx = idx.to(self.labels_.device)
+        if authors_epoch(loop.step, loop.total_steps) >= self.config.correct_epoch:
+            with torch.no_grad():
+                probs = torch.softmax(logits.detach(), dim=1)
+                mask, predicted = relabel(probs, self.labels_[idx], self.config.correct_threshold)
+            self.labels_[idx[mask]] = predicted[mask]
+        return self.labels_[idx]
+
+    def data_loss(self, loop: Loop, losses: torch.Tensor,
+                  idx: torch.Tensor) -> torch.Tensor | None:
+        epoch = authors_epoch(loop.step, loop.total_steps)
+        if epoch < self.config.reweight_epoch:
+            return None  # the plain mean
+        weights = reweighting(losses, temperature_at(epoch, self.config))
+        return (weights * losses).mean()
+
+    def on_epoch_end(self, loop: Loop) -> dict[str, float]:
+        return {"relabeled": int((self.labels_ != loop.y).sum())}

@@ -189,3 +189,65 @@ def test_self_labeling_options_join_the_search_space_when_named():
         SelfLabelingConfig(correct_epoch=3, temperature=3.0)
     with pytest.raises(BenchError, match="no hyperparameter 'temperature'"):
         Task("digits", 100, "small-cnn", space=(t,))  # not without self_labeling
+
+
+def _loop(step: int, total: int = 300, y=(1, 1, 1, 2)):
+    from bench.train import Loop, TrainConfig
+
+    y = torch.tensor(y)
+    return Loop(None, torch.zeros(len(y), 1), y, TrainConfig(lr=0.1, steps=total), 10, step)
+
+
+def test_hook_relabels_only_from_its_epoch_and_keeps_the_new_labels():
+    from bench.selflabel import SelfLabeling
+
+    hook = SelfLabeling(SelfLabelingConfig(correct_epoch=10, correct_threshold=0.9))
+    hook.on_start(_loop(0))
+    idx = torch.arange(4)
+    sure = torch.log(torch.tensor([[0.95, 0.05, 0.0], [0.9, 0.1, 0.0],
+                                   [0.05, 0.94, 0.01], [0.5, 0.3, 0.2]]) + 1e-12)
+    unsure = torch.zeros(4, 3)
+    before = _loop(89)  # the authors' epoch 10 begins at step 90 of 300
+    assert hook.targets(before, idx, before.y, sure).tolist() == [1, 1, 1, 2]
+    assert hook.on_epoch_end(before) == {"relabeled": 0}
+    at = _loop(90)
+    assert hook.targets(at, idx, at.y, sure).tolist() == [0, 1, 1, 2]
+    later = _loop(200)
+    assert hook.targets(later, idx, later.y, unsure).tolist() == [0, 1, 1, 2]  # kept
+    assert hook.targets(later, idx[[3, 0]], later.y[[3, 0]], unsure[:2]).tolist() == [2, 0]
+    assert hook.on_epoch_end(later) == {"relabeled": 1}
+
+
+def test_hook_reweights_only_from_its_epoch():
+    from bench.selflabel import SelfLabeling
+
+    hook = SelfLabeling(SelfLabelingConfig(reweight_epoch=5, temperature=2.0))
+    losses = torch.tensor([0.2, 1.0, 3.0])
+    assert hook.data_loss(_loop(39), losses, torch.arange(3)) is None  # epoch 5 at step 40
+    weighted = hook.data_loss(_loop(40), losses, torch.arange(3))
+    expected = (torch.softmax(-losses / 2.0, 0) * losses).sum()
+    assert torch.isclose(weighted, expected) and weighted < losses.mean()
+
+
+def test_fine_tune_with_self_labeling_on_noisy_digits():
+    from bench.regularizers import make_regularizer
+    from bench.selflabel import SelfLabeling
+    from bench.train import TrainConfig, fine_tune
+
+    task = Task("digits", 200, "small-cnn", image_size=8,
+                label_noise={"kind": "symmetric", "rate": 0.4})
+    data = task.load(seed=0)
+    clean_y = Task("digits", 200, "small-cnn", image_size=8).load(seed=0).train[1]
+    net = data.network()
+    hook = SelfLabeling(SelfLabelingConfig())  # the authors' defaults
+    config = TrainConfig(lr=0.05, steps=70, batch_size=32, seed=0)
+    result = fine_tune(net, make_regularizer("layerwise", D=5.0, scale=2.0, D_head=20.0),
+                       data.train, config, {"test": data.test}, hooks=[hook])
+    assert result.steps_done == 70 and math.isfinite(result.final_loss)
+    relabeled = [r.fields["relabeled"] for r in result.reports]
+    assert relabeled[0] == 0 and relabeled[-1] > 0  # correction starts late, then acts
+    changed = hook.labels_ != data.train[1]
+    assert torch.equal(data.train[1], task.load(seed=0).train[1])  # the data is untouched
+    # relabeling moves labels back to the truth far more often than away from it
+    fixed = int((changed & (hook.labels_ == clean_y)).sum())
+    assert fixed > 3 * int((changed & (data.train[1] == clean_y)).sum())
