@@ -96,9 +96,17 @@ def overhead_shares(run_dir) -> dict:
     from pathlib import Path
 
     from bench import schema as S
+    from bench.errors import BenchError
 
-    trials = read_table(Path(run_dir) / S.TRIALS_FILE)
-    meta = json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
+    try:
+        meta = json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
+        trials = read_table(Path(run_dir) / S.TRIALS_FILE)
+    except (OSError, ValueError):
+        raise BenchError(f"{run_dir} is not a run directory (no readable {S.METADATA_FILE} "
+                         f"and {S.TRIALS_FILE})") from None
+    if "suite_wall_s" not in meta or "ray_start_s" not in meta:
+        raise BenchError(f"{run_dir} holds no finished suite run (a replay, or a run that "
+                         "was stopped): nothing to split")
     budget = meta["budget"]
     res = budget["cpus_per_worker"] + budget["gpus_per_worker"]
     total = meta["suite_wall_s"] * budget["workers"] * res

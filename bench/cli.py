@@ -79,17 +79,22 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from bench.options import require_seed
+    from bench.preflight import check_data_fits
     from bench.regularizers import make_regularizer
+    from bench.suite import check_task_values
     from bench.task import Task
     from bench.train import TrainConfig, fine_tune
 
+    require_seed("train: --seed", args.seed)
     task = Task(dataset=args.dataset, n=args.n, backbone=args.backbone,
                 regularizer=args.regularizer, image_size=args.image_size, steps=args.steps,
                 batch_size=args.batch_size, test_limit=args.test_limit)
     regularizer = make_regularizer(args.regularizer, **dict(args.hp))
     config = TrainConfig(lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                          seed=args.seed, report_every=args.report_every or args.steps)
-    task.check_data()
+    check_task_values("train", task)
+    check_data_fits(task)
     data = task.load(args.seed)
     net = data.network()
 
@@ -123,6 +128,14 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_benchmark(args) -> int:
+    from bench.options import require_int
+
+    # every number is checked before the first line of figures is printed
+    for flag in ("steps", "batch_size", "repeats"):
+        require_int(f"benchmark: --{flag.replace('_', '-')}", getattr(args, flag), 1)
+    for flag in ("workers", "ns"):
+        for value in getattr(args, flag):
+            require_int(f"benchmark: --{flag}", value, 1)
     from bench import benchmarks
 
     if args.what == "loop":
@@ -171,7 +184,14 @@ def _cmd_replay(args) -> int:
         text = Path(args.suite).read_text()
     except OSError as err:
         raise BenchError(f"cannot read suite {args.suite}: {err.strerror}") from None
-    suite = parse_replay_suite(text, args.suite)
+    try:
+        suite = parse_replay_suite(text, args.suite)
+    except RecursionError:
+        raise BenchError(f"{args.suite}: malformed TOML: nested too deeply") from None
+    if not args.out:  # the name becomes a path: one safe component
+        from bench.options import require_run_name
+
+        require_run_name(f"{args.suite}: name", suite.name)
     out = Path(args.out or Path("runs") / suite.name)
     run_replay(suite, out, progress=not args.quiet)
     paths, report = summarize(out)

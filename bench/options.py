@@ -6,6 +6,7 @@ TOML and JSON booleans are Python ints: they are refused where a number is meant
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from bench.errors import BenchError
@@ -37,3 +38,40 @@ def require_positives(what: str, values: Any) -> None:
     if not (isinstance(values, (list, tuple)) and values
             and all(is_number(v) and v > 0 for v in values)):
         raise BenchError(f"{what} must be a non-empty list of numbers > 0, got {values!r}")
+
+
+SEED_MAX = 2**32 - 1  # NumPy's legacy RandomState (Optuna's TPE) takes no larger seed
+FLOAT32_MAX = 3.4028234663852886e38  # networks train in float32: larger is infinite there
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+
+
+def require_seed(what: str, value: Any) -> None:
+    """A seed every random generator the harness seeds accepts: 0 .. 2**32 - 1."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
+        raise BenchError(f"{what} must be an integer from 0 to {SEED_MAX}, got {value!r}")
+
+
+def require_run_name(what: str, value: Any) -> None:
+    """A name that is one safe path component (it names the default run directory):
+    letters, digits, ``_ . + -``, at most 100, not starting with a dot or dash."""
+    if not (isinstance(value, str) and _RUN_NAME.fullmatch(value)):
+        raise BenchError(f"{what} must be a string of letters, digits and _ . + - (at most "
+                         f"100, not starting with . or -), got {value!r}")
+
+
+def check_hyperparameter(what: str, name: str, regularizer: str, value: float) -> None:
+    """A value training accepts for hyperparameter ``name``: a learning rate > 0, a
+    regularizer's strength as its family accepts it (>= 0, finite); float32-finite."""
+    from bench.regularizers import make_regularizer
+
+    if name == "lr":
+        if not (is_number(value) and 0 < value <= FLOAT32_MAX):
+            raise BenchError(f"{what}: lr {value!r} is not a learning rate training accepts "
+                             f"(a number > 0 and at most {FLOAT32_MAX:.3g})")
+        return
+    if is_number(value) and abs(value) > FLOAT32_MAX:
+        raise BenchError(f"{what}: {name} {value!r} is infinite in float32, as networks train")
+    try:
+        make_regularizer(regularizer, **{name: value})
+    except BenchError as err:
+        raise BenchError(f"{what}: {err}") from None

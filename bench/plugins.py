@@ -3,6 +3,7 @@ built-ins register the same way (see pyproject.toml)."""
 
 from __future__ import annotations
 
+import inspect
 from importlib.metadata import entry_points
 
 from bench.errors import BenchError
@@ -29,6 +30,16 @@ def method_class(name: str) -> type[Method]:
 def build_method(name: str, options: dict) -> Method:
     """Instantiate a method with its options; a wrong option is a one-line error."""
     cls = method_class(name)
+    try:
+        known = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the constructor say
+        known = None
+    if known is not None and not any(p.kind is p.VAR_KEYWORD for p in known):
+        names = [p.name for p in known if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in options:
+            if key not in names:
+                raise BenchError(f"method {name!r} has no option {key!r}; it has: "
+                                 f"{', '.join(names) or 'none'}")
     try:
         return cls(**options)
     except TypeError as err:

@@ -1,6 +1,7 @@
-"""Checks a suite's tasks by trying them, before anything is written: the backbone takes
-the image size (one training step on the real network), and the compute cap holds at
-least one trial (its steps, timed here, are a lower bound on what a trial costs)."""
+"""Checks a suite's tasks by trying them, before anything is written: N fits the data set
+(at most its training pool, at least one example per class), the backbone takes the image
+size (one training step on the real network), and the compute cap holds at least one
+trial (its steps, timed here, are a lower bound on what a trial costs)."""
 
 from __future__ import annotations
 
@@ -51,12 +52,27 @@ def step_seconds(task: Task, threads: int) -> float:
     return min(times[1:])
 
 
+def check_data_fits(task: Task) -> None:
+    """N is at most the data set's training pool and at least its number of classes (the
+    subsample is stratified: a class without an example could never be learned)."""
+    from bench.data import load_dataset
+
+    task.check_data()
+    classes = load_dataset(task.dataset).num_classes
+    if task.n < classes:
+        raise BenchError(f"task {task.name}: n = {task.n} is smaller than the {classes} "
+                         f"classes of {task.dataset}; every class needs an example")
+
+
 def check_tasks(suite: Suite) -> None:
-    """Refuse a task whose backbone cannot take its image size, or whose cap is smaller
-    than one trial (timed only for CPU budgets: the driver's CPU says nothing of a GPU)."""
+    """Refuse a task whose N does not fit its data, whose backbone cannot take its image
+    size, or whose cap is smaller than one trial (timed only for CPU budgets: the
+    driver's CPU says nothing of a GPU)."""
     budget = suite.budget
     threads = max(1, int(budget.cpus_per_worker))
     timed: dict[tuple, float] = {}
+    for task in suite.tasks:
+        check_data_fits(task)
     for task in suite.tasks:
         key = (task.backbone, task.image_size, task.batch_size, task.dataset)
         if key not in timed:

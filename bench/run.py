@@ -38,8 +38,9 @@ def check_output_dir(out: Path) -> None:
     try:  # try it: permission bits say nothing to root or of a read-only file system
         with tempfile.TemporaryFile(dir=parent):
             pass
-    except OSError as err:
-        raise BenchError(f"output {out} is not writable ({err.strerror})") from None
+    except OSError:  # the error's own words (e.g. "No such file" in /proc) mislead
+        raise BenchError(f"output {out} is not writable: cannot create a file in "
+                         f"{parent}") from None
 
 
 def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
@@ -131,6 +132,28 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str) -> None:
+    """A cluster address must answer: ``ray.init`` would otherwise retry for minutes.
+    ``auto`` (the cluster this machine belongs to) is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise BenchError(f"--address {address}: no Ray cluster answers there within "
+                         f"{ADDRESS_TIMEOUT_S:g} s ({reason})") from None
+
+
 def _start_ray(address: str | None, temp_dir: str) -> float:
     import ray
 
@@ -144,7 +167,10 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
     started = time.perf_counter()
     common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:  # it answered, but is no Ray cluster (after Ray's retries)
+            raise BenchError(f"--address {address}: {err}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
                  **common)
@@ -153,12 +179,17 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
 
 def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
     """A run directory that ``suite`` may go on in: its journal, whole-line bytes, metadata."""
-    import tomllib
+    from bench.suite import read_toml
 
     if not (out / S.JOURNAL_FILE).is_file() or not (out / S.SUITE_FILE).is_file():
         raise BenchError(f"cannot resume {out}: no {S.JOURNAL_FILE} there (not a suite run "
                          "directory)")
-    if tomllib.loads((out / S.SUITE_FILE).read_text()) != tomllib.loads(suite.source):
+    try:
+        recorded = (out / S.SUITE_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        raise BenchError(f"cannot resume {out}: its {S.SUITE_FILE} is unreadable") from None
+    if read_toml(recorded, f"cannot resume {out}: its {S.SUITE_FILE}") != \
+            read_toml(suite.source, suite.name):
         raise BenchError(f"cannot resume {out}: it ran a different suite than {suite.name!r}")
     try:
         metadata = json.loads((out / S.METADATA_FILE).read_text())
@@ -203,10 +234,10 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     else:
         check_output_dir(out)
         events, good, metadata = [], None, {}
-    for task in suite.tasks:
-        task.check_data()
-    check_tasks(suite)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
+    check_tasks(suite)
     temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
     # suite time goes on from the journal's last event: the gap while dead is not counted
     clock0 = time.perf_counter() - (events[-1][AT] if events else 0.0)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.options import is_number, require_bool, require_int, require_positive
+from bench.options import (check_hyperparameter, is_number, require_bool, require_int,
+                           require_positive, require_run_name, require_seed)
 from bench.method import Context, Method
 from bench.plugins import build_method
 from bench.space import Param
@@ -121,7 +122,11 @@ def _task_table(where: str, table: Any) -> dict:
             raise BenchError(f"{where} space.{name}: low and high must be numbers")
         log = spec.get("log", True)
         require_bool(f"{where} space.{name}: log", log)
-        params.append(Param(name, float(low), float(high), tuple(float(v) for v in grid), log))
+        try:
+            params.append(Param(name, float(low), float(high), tuple(float(v) for v in grid),
+                                log))
+        except BenchError as err:
+            raise BenchError(f"{where} space.{name}: {err}") from None
     table["space"] = tuple(params)
     return table
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
@@ -144,18 +149,40 @@ def check_starts(where: str, spec: MethodSpec, tasks, seeds, budget: Budget,
                                  f"{type(err).__name__}: {first}") from None
 
 
-def parse_suite(text: str, origin: str = "suite") -> Suite:
+def check_task_values(where: str, task: Task) -> None:
+    """Numbers training would refuse or choke on, refused now: every bound and grid value
+    of the task's search-space overrides, and a batch larger than the N examples."""
+    for param in task.space:
+        for value in (param.low, param.high, *param.grid):
+            check_hyperparameter(f"{where} space.{param.name}", param.name, task.regularizer,
+                                 value)
+    if task.batch_size > task.n:
+        raise BenchError(f"{where}: batch_size {task.batch_size} is larger than n = {task.n} "
+                         "(a batch holds at most the N training examples: set batch_size <= n)")
+
+
+def read_toml(text: str, origin: str) -> dict:
+    """Parsed TOML; malformed or too deeply nested text is one line naming ``origin``."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"{origin}: malformed TOML: {err}") from None
+    except RecursionError:
+        raise BenchError(f"{origin}: malformed TOML: nested too deeply") from None
+
+
+def parse_suite(text: str, origin: str = "suite") -> Suite:
+    raw = read_toml(text, origin)
     _check_keys(origin, raw, ["name", "seeds", "budget", "tasks", "methods", "reference"])
     name = raw.get("name", Path(origin).stem)
+    require_run_name(f"{origin}: name", name)
     seeds = raw.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise BenchError(f"{origin}: seeds must be a non-empty list of integers >= 0, "
                          f"got {seeds!r}")
+    for seed in seeds:
+        require_seed(f"{origin}: seed", seed)
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"{origin}: seeds repeat")
     budget = _build(f"{origin} [budget]", Budget,
@@ -166,6 +193,8 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
     tasks = tuple(_build(f"{origin} task {i + 1}", Task,
                          _task_table(f"{origin} task {i + 1}", t))
                   for i, t in enumerate(tasks_raw))
+    for i, task in enumerate(tasks):
+        check_task_values(f"{origin} task {i + 1}", task)
     if len({t.name for t in tasks}) != len(tasks):
         raise BenchError(f"{origin}: two tasks share a name; set `name` to tell them apart")
     methods_raw = raw.get("methods")

@@ -20,11 +20,71 @@ from bench.cli import main
     (["train", "--dataset", "digits", "--n", "5000"], "exceeds the 1438 training examples"),
     (["list", "things"], "invalid choice"),
     ([], "required"),
+    # issue 16: numbers checked before anything runs, and no traceback
+    (["train", "--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
+    (["train", "--seed", str(2**64)], "--seed must be an integer from 0 to 4294967295"),
+    (["train", "--dataset", "digits", "--n", "5", "--batch-size", "5"],
+     "n = 5 is smaller than the 10 classes of digits"),
+    (["train", "--batch-size", "1000000000000"], "batch_size 1000000000000 is larger than n"),
+    (["train", "--hp", "alpha=-1"], "hyperparameter alpha must be a finite number >= 0"),
+    (["benchmark", "loop", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["benchmark", "--repeats", "-2"], "--repeats must be an integer >= 1, got -2"),
+    (["benchmark", "harness", "--workers", "0"], "--workers must be an integer >= 1"),
+    (["benchmark", "ntk", "--ns", "0"], "--ns must be an integer >= 1, got 0"),
+    (["benchmark", "harness", "--run-dir", "/nonexistent"], "/nonexistent is not a run dir"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert message in err and err.count("\n") == 1 and err.startswith("bench: error:")
+    assert captured.out == ""  # refused before the first line of output
+
+
+# {tmp}: an empty directory; {suite}: a good one-task suite in it; {bad_resume}: a run
+# directory whose suite.toml is malformed; {suite_deep}: a replay suite nested too deeply
+RUN_BAD = [
+    (["run", "{suite}", "--out", "{tmp}/out", "--address", "127.0.0.1:1"],
+     "--address 127.0.0.1:1: no Ray cluster answers there within 5 s"),
+    (["run", "{suite}", "--out", "{tmp}/out", "--address", "nonsense"],
+     "--address 'nonsense': expected HOST:PORT"),
+    (["run", "{suite}", "--resume", "{bad_resume}"],
+     "cannot resume {bad_resume}: its suite.toml: malformed TOML"),
+    (["run", "{suite}", "--out", "/proc/bench-x"],
+     "output /proc/bench-x is not writable: cannot create a file in /proc"),
+    (["replay", "{suite_deep}", "--out", "{tmp}/out"], "malformed TOML: nested too deeply"),
+    (["run", "{suite}", "--out", "{tmp}/out", "--out", "{tmp}/out2", "--resume", "{tmp}"],
+     "give --out or --resume, not both"),
+]
+
+SUITE = """name = "ok"
+[[tasks]]
+dataset = "digits"
+n = 60
+backbone = "small-cnn"
+image_size = 8
+batch_size = 16
+[methods.random]
+trials = 1
+"""
+
+
+@pytest.mark.parametrize("argv, message", RUN_BAD)
+def test_bad_run_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "ok.toml").write_text(SUITE)
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "\n")
+    bad_resume = tmp_path / "stopped"
+    bad_resume.mkdir()
+    (bad_resume / "journal.jsonl").write_text("")
+    (bad_resume / "suite.toml").write_text("name = [\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fill = {"tmp": tmp_path, "suite": tmp_path / "ok.toml", "bad_resume": bad_resume,
+            "suite_deep": tmp_path / "deep.toml"}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert sorted(p.name for p in bad_resume.iterdir()) == ["journal.jsonl", "suite.toml"]
 
 
 def test_console_entry_point_exits_2_on_bad_flags():

@@ -75,7 +75,7 @@ def test_smoke_suite_runs_on_a_two_node_cluster(two_node_cluster, tmp_path):
 
 def test_fractional_gpu_budgets_fit_the_cluster_arithmetic():
     four = Budget(workers=4, cpus_per_worker=1, gpus_per_worker=0.25)
-    suite = parse_suite('[[tasks]]\ndataset="digits"\nn=20\nbackbone="small-cnn"\n'
+    suite = parse_suite('[[tasks]]\ndataset="digits"\nn=20\nbackbone="small-cnn"\nbatch_size=20\n'
                         '[methods.grid]\n')
     import dataclasses
 

@@ -89,6 +89,8 @@ def test_a_tight_cap_stops_trials_on_ray(tmp_path):
     assert (tuning[S.STATUS] == S.OVER_BUDGET).any()
 
 
+SPACE = "[[tasks]]\ndataset = 'digits'\nn = 60\nbackbone = 'small-cnn'\n[tasks.space]\n"
+
 BAD_SUITES = [
     ("name = 'x'\n[budget\n", "malformed TOML"),
     ("colour = 1\n", "unknown key 'colour'"),
@@ -102,7 +104,8 @@ BAD_SUITES = [
      "unknown regularizer 'l3'"),
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nlr = 1\n", "unknown key 'lr'"),
     ("[methods.nope]\n", "unknown method 'nope'"),
-    ("[methods.grid]\nmax_trails = 3\n", "unexpected keyword argument 'max_trails'"),
+    ("[methods.grid]\nmax_trails = 3\n",
+     "method 'grid' has no option 'max_trails'; it has: max_trials, retrain_all"),
     ("[methods.tpe-prune]\npruner = 'magic'\n", "unknown pruner 'magic'"),
     ("[[tasks]]\ndataset = 'digits'\nn = 99999\nbackbone = 'small-cnn'\n", "exceeds the 1438"),
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\n[tasks.space]\n"
@@ -121,7 +124,7 @@ BAD_SUITES = [
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nimage_size = 2\n",
      "small-cnn needs image_size >= "),
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nsteps = 5000\n"
-     "cap_s = 0.05\n", "is smaller than one trial"),
+     "batch_size = 8\ncap_s = 0.05\n", "is smaller than one trial"),
     ("[methods.random]\ntrials = 1\n[methods.random]\ntrials = 2\n", "malformed TOML"),
     ("[budget]\ncap_s = inf\n", "cap_s must be a number > 0, got inf"),
     ("[budget]\ncap_s = true\n", "cap_s must be a number > 0, got True"),
@@ -145,6 +148,36 @@ BAD_SUITES = [
     ("[methods.laplace-marglik]\nhyper_steps = 0\n", "hyper_steps must be an integer >= 1"),
     ("[methods.ntk-marglik]\nsubset_size = 2.5\n", "subset_size must be an integer >= 1"),
     ("[methods.elbo]\nkappa = true\n", "kappa must be 'data-emphasized' or a number > 0"),
+    # numbers no training accepts, refused before anything runs (issue 16)
+    (SPACE + "lr = { low = 0.01, high = 0.1, grid = [-0.1] }\n",
+     "task 1 space.lr: lr -0.1 is not a learning rate training accepts"),
+    (SPACE + "lr = { low = 0.01, high = 0.1, grid = [0.0] }\n",
+     "task 1 space.lr: lr 0.0 is not a learning rate"),
+    (SPACE + "lr = { grid = [-0.1] }\n", "task 1 space.lr: log-uniform range for lr must be"),
+    (SPACE + "lr = { low = 0.01, high = 1e308, grid = [1e308] }\n",
+     "task 1 space.lr: lr 1e+308 is not a learning rate"),
+    (SPACE + "alpha = { low = 1e-6, high = 1e-2, grid = [-1.0] }\n",
+     "task 1 space.alpha: hyperparameter alpha must be a finite number >= 0, got -1.0"),
+    (SPACE + "beta = { low = 1e-6, high = 1e39, grid = [1e39] }\n",
+     "task 1 space.beta: beta 1e+39 is infinite in float32"),
+    (SPACE + "lr = { low = 0.1, high = 0.01, grid = [0.1] }\n",
+     "task 1 space.lr: bad range for lr"),  # the range error names the task
+    ("seeds = [18446744073709551616]\n", "seed must be an integer from 0 to 4294967295"),
+    ("seeds = [4294967296]\n", "seed must be an integer from 0 to 4294967295"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 60\nbackbone = 'small-cnn'\n"
+     "batch_size = 1000000000000\n", "task 1: batch_size 1000000000000 is larger than n = 60"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 2\nbackbone = 'small-cnn'\nbatch_size = 2\n",
+     "n = 2 is smaller than the 10 classes of digits"),
+    # the run name becomes the default run directory: one safe path component
+    ("name = '../../x'\n", "name must be a string of letters, digits"),
+    ("name = '/tmp/abs'\n", "name must be a string of letters, digits"),
+    ("name = '..'\n", "name must be a string of letters, digits"),
+    ("name = ''\n", "name must be a string of letters, digits"),
+    ("name = 'a\\nb'\n", "name must be a string of letters, digits"),
+    ("name = 'a\\u0000b'\n", "name must be a string of letters, digits"),
+    ("name = 42\n", "name must be a string of letters, digits and _ . + - (at most 100, not "
+                    "starting with . or -), got 42"),
+    ("x = " + "[" * 5000 + "\n", "malformed TOML: nested too deeply"),
 ]
 
 BASE = """name = "bad"
@@ -161,6 +194,8 @@ trials = 1
 def _merge(snippet: str) -> str:
     """Put the snippet's tables in place of the base suite's."""
     base = BASE
+    if snippet.startswith("name ="):
+        base = base.split("\n", 1)[1]
     if "[[tasks]]" in snippet:
         base = base.split("[[tasks]]")[0] + "[methods.random]\ntrials = 1\n"
     if "[methods." in snippet:
