@@ -12,10 +12,15 @@ import pytest
 
 from bench import schema as s
 from bench.curves import (
-    aggregate_curves, anytime_curves, compute_to_target, grid_bootstrap, report_markdown,
+    aggregate_curves, anytime_curves, compute_to_target, final_points, grid_bootstrap,
+    sweep_best,
 )
 from bench.errors import BenchError
-from bench.plots import plot_tradeoff
+from bench.plots import plain_number, plot_run, plot_tradeoff
+from bench.records import write_json, write_table
+from bench.report import paired_differences, report_markdown, report_run
+from bench.rundir import compute_unit, default_reference
+from bench.stats import mean_interval, wilcoxon_p
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "bench" / "published"  # shipped copy
 
@@ -113,30 +118,45 @@ def curve_rows(method, seed, *pts, task="t") -> list[dict]:
              s.TEST_ACC: a, s.TEST_NLL: 1 - a, s.TRIAL_ID: k} for k, (c, a) in enumerate(pts, 1)]
 
 
-def test_aggregate_uses_started_seeds_on_log_grid():
-    curves = pd.DataFrame(curve_rows("m", 0, (10, 0.5), (100, 0.7))
-                          + curve_rows("m", 1, (20, 0.6), (1000, 0.8)))
-    agg = aggregate_curves(curves, points=4)
-    assert agg[s.COMPUTE_S].tolist() == pytest.approx([10, 10 ** (5 / 3), 10 ** (7 / 3), 1000])
-    assert agg["mean"].tolist() == pytest.approx([0.5, 0.55, 0.65, 0.75])
-    assert agg["low"].tolist() == pytest.approx([0.5, 0.5, 0.6, 0.7])
-    assert agg["high"].tolist() == pytest.approx([0.5, 0.6, 0.7, 0.8])
+def late_seed_curves() -> pd.DataFrame:
+    """Seed 1 has its first point at compute 20, after seed 0's at 10."""
+    return pd.DataFrame(curve_rows("m", 0, (10, 0.5), (100, 0.7))
+                        + curve_rows("m", 1, (20, 0.6), (1000, 0.8)))
+
+
+def test_mean_starts_where_every_seed_has_a_point():
+    agg = aggregate_curves(late_seed_curves(), band="minmax")
+    assert agg[s.COMPUTE_S].tolist() == [10, 20, 100, 1000]  # every breakpoint, exactly
+    assert agg["complete"].tolist() == [False, True, True, True]
     assert agg["seeds"].tolist() == [1, 2, 2, 2]
+    # before 20 the "mean" is seed 0 alone; from 20 on, over both seeds
+    assert agg["mean"].tolist() == pytest.approx([0.5, 0.55, 0.65, 0.75])
+    assert np.isnan(agg["low"].iloc[0]) and np.isnan(agg["high"].iloc[0])  # no band there
+    assert agg["low"].tolist()[1:] == pytest.approx([0.5, 0.6, 0.7])
+    assert agg["high"].tolist()[1:] == pytest.approx([0.6, 0.7, 0.8])
 
 
-def test_aggregate_band_is_percentiles_from_five_seeds():
-    curves = pd.DataFrame(sum((curve_rows("m", i, (10, a)) for i, a in
-                               enumerate([0.1, 0.2, 0.3, 0.4, 0.5])), []))
-    agg = aggregate_curves(curves, points=2)
-    assert agg["mean"].tolist() == pytest.approx([0.3])  # grid collapses to one point
-    assert agg["low"].tolist() == pytest.approx([0.11])  # 2.5th percentile, linear
-    assert agg["high"].tolist() == pytest.approx([0.49])
+def test_ci_band_is_a_bootstrap_interval_of_the_mean():
+    # two seeds: resampled means are a, (a+b)/2 or b, a and b each with probability 1/4,
+    # so the 2.5% and 97.5% percentiles are exactly the two seeds
+    agg = aggregate_curves(late_seed_curves(), band="ci")
+    assert agg["low"].tolist()[1:] == pytest.approx([0.5, 0.6, 0.7])
+    assert agg["high"].tolist()[1:] == pytest.approx([0.6, 0.7, 0.8])
+    five = pd.DataFrame(sum((curve_rows("m", i, (10, a)) for i, a in
+                             enumerate([0.1, 0.2, 0.3, 0.4, 0.9])), []))
+    row = aggregate_curves(five, band="ci").iloc[0]
+    assert row["mean"] == pytest.approx(0.38)
+    assert 0.1 < row["low"] < 0.38 < row["high"] < 0.9  # narrower than the seeds' range
+    assert aggregate_curves(five, band="none")[["low", "high"]].isna().all().all()
+    with pytest.raises(BenchError, match="band"):
+        aggregate_curves(five, band="sd")
 
 
 def test_step_value_is_latest_k_when_compute_is_not_monotone():
     # a new incumbent with a cheaper retrain makes k=2 cheaper than k=1
     curves = pd.DataFrame(curve_rows("m", 0, (110, 0.5), (25, 0.7), (130, 0.6)))
-    agg = aggregate_curves(curves, points=3)  # grid 25, ~57, 130
+    agg = aggregate_curves(curves)
+    assert agg[s.COMPUTE_S].tolist() == [25, 110, 130]
     assert agg["mean"].tolist() == pytest.approx([0.7, 0.7, 0.6])
 
 
@@ -188,12 +208,14 @@ def target_curves() -> pd.DataFrame:
 
 def test_compute_to_target_hand_computed():
     got = compute_to_target(target_curves()).set_index(s.METHOD)
-    # target = (0.80 + 0.84) / 2 = 0.82; within 0.01 -> mean >= 0.81
+    # target = (0.80 + 0.84) / 2 - 0.01 = 0.81
+    assert got["target"].tolist() == pytest.approx([0.81] * 3)
     assert got.loc["grid", "final_acc"] == pytest.approx(0.82)
     assert got.loc["grid", "final_compute_s"] == pytest.approx(150)
     assert got.loc["grid", "compute_to_target_s"] == pytest.approx(200)
     assert got.loc["grid", "ratio_to_reference"] == pytest.approx(1.0)
-    assert got.loc["fast", "compute_to_target_s"] == pytest.approx(50)  # (0.84 + 0.79) / 2
+    # fast: complete from 40 (mean 0.80), 0.815 at 50, 0.845 at 60
+    assert got.loc["fast", "compute_to_target_s"] == pytest.approx(50)
     assert got.loc["fast", "ratio_to_reference"] == pytest.approx(0.25)
     assert got.loc["fast", "final_acc"] == pytest.approx(0.845)
     assert got.loc["fast", "final_compute_s"] == pytest.approx(55)
@@ -202,6 +224,42 @@ def test_compute_to_target_hand_computed():
     assert got.loc["slow", "final_acc"] == pytest.approx(0.55)
     with pytest.raises(BenchError, match="reference"):
         compute_to_target(target_curves(), reference="bayes")
+
+
+def test_falling_curve_has_no_compute_to_target():
+    """A learned method whose mean rises above the target and falls below it again has not
+    reached it; one that dips and recovers reaches it where it last comes back."""
+    curves = pd.DataFrame(
+        curve_rows("grid", 0, (10, 0.80)) + curve_rows("grid", 1, (10, 0.84))  # target 0.81
+        + curve_rows("falls", 0, (10, 0.86), (30, 0.70)) + curve_rows("falls", 1, (10, 0.84), (30, 0.72))
+        + curve_rows("dips", 0, (10, 0.85), (20, 0.75), (40, 0.83))
+        + curve_rows("dips", 1, (10, 0.85), (20, 0.77), (40, 0.81)))
+    got = compute_to_target(curves).set_index(s.METHOD)
+    # falls: mean 0.85 at 10 (the old first-crossing rule said 10), 0.71 at 30, the end
+    assert math.isnan(got.loc["falls", "compute_to_target_s"])
+    assert got.loc["falls", "final_acc"] == pytest.approx(0.71)
+    # dips: 0.85 at 10, 0.76 at 20, 0.82 from 40 to the end
+    assert got.loc["dips", "compute_to_target_s"] == pytest.approx(40)
+    assert got.loc["dips", "ratio_to_reference"] == pytest.approx(4.0)
+    # every resample of dips' two seeds stays within from 40 on: an exact interval
+    assert (got.loc["dips", "compute_to_target_low"], got.loc["dips", "compute_to_target_high"]) \
+        == (pytest.approx(40), pytest.approx(40))
+
+
+def test_compute_to_target_interval_over_seeds():
+    # seed 0 stays within from 20, seed 1 from 50; resamples of one seed twice give 20 or 50
+    curves = pd.DataFrame(
+        curve_rows("grid", 0, (5, 0.91)) + curve_rows("grid", 1, (5, 0.91))  # target 0.90
+        + curve_rows("m", 0, (10, 0.5), (20, 0.95)) + curve_rows("m", 1, (10, 0.5), (50, 0.92)))
+    got = compute_to_target(curves).set_index(s.METHOD).loc["m"]
+    assert got["compute_to_target_s"] == pytest.approx(50)  # mean 0.725 at 20, 0.935 at 50
+    assert (got["compute_to_target_low"], got["compute_to_target_high"]) == (20, 50)
+    never = pd.DataFrame(
+        curve_rows("grid", 0, (5, 0.91)) + curve_rows("grid", 1, (5, 0.91))
+        + curve_rows("m", 0, (10, 0.95)) + curve_rows("m", 1, (10, 0.80)))
+    got = compute_to_target(never).set_index(s.METHOD).loc["m"]
+    assert math.isnan(got["compute_to_target_s"])  # mean 0.875 ends below
+    assert got["compute_to_target_high"] == math.inf  # seed 1 twice never gets there
 
 
 def suite_trials() -> pd.DataFrame:
@@ -225,25 +283,107 @@ def test_plot_tradeoff_writes_png_and_svg(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tradeoff.png", "tradeoff.svg"]
 
 
-def test_report_markdown_has_a_row_per_method_and_status_counts():
+def test_plot_options_and_bad_input(tmp_path):
+    trials = suite_trials()
+    paths = plot_tradeoff(trials, tmp_path / "f", methods=["grid"], band="minmax",
+                          unit="CPU core-seconds", caps={"digits": 50.0})
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert "CPU core-seconds" in paths[1].read_text()  # the unit is on the axis
+    with pytest.raises(BenchError, match="no method 'nope'.*grid, learned"):
+        plot_tradeoff(trials, tmp_path / "g", methods=["nope"])
+    with pytest.raises(BenchError, match="band"):
+        plot_tradeoff(trials, tmp_path / "g", band="sd")
+    assert not list(tmp_path.glob("g*"))  # nothing written on bad input
+
+
+def test_plain_tick_labels():
+    assert [plain_number(x) for x in (0.5, 30, 300, 2000, 40000, 1.5e6)] == \
+        ["0.5", "30", "300", "2k", "40k", "1.5M"]
+
+
+def test_report_markdown_rows_intervals_and_paired_differences():
     report = report_markdown(suite_trials())
     for task in ("digits", "cifar"):
         assert f"## {task}" in report
     assert "Reference: grid." in report
-    grid_rows = re.findall(r"^\| grid \|.*$", report, flags=re.M)
-    learned_rows = re.findall(r"^\| learned \|.*$", report, flags=re.M)
-    assert len(grid_rows) == len(learned_rows) == 2
-    # grid: final acc 0.8 for both seeds at compute 67, already 0.8 at 37 (k=2);
-    # ok 12 = 2 seeds x (3 search + 3 retrain)
-    assert grid_rows[0] == "| grid | 2 | 80.00 ± 0.00 | 67.0 | 37.0 | 1.000 | 12 | 0 | 0 | 0 |"
-    # learned: incumbent run i=1 (objective 1.5) at k=3, acc 0.70 / 0.71; 12+24+36 = 72
-    assert learned_rows[0].startswith("| learned | 2 | 70.50 ± 0.71 | 72.0 | – | – | 4 | 2 | 0 | 0 |")
+    rows = lambda m: re.findall(rf"^\| {m} \|.*$", report, flags=re.M)  # noqa: E731
+    assert len(rows("grid")) == len(rows("learned")) == 6  # accuracy, compute, per seed; x2
+    # grid: 0.8 on both seeds (an exact interval); reference of itself
+    assert rows("grid")[0] == "| grid | search | 2 | 80.00 [80.00, 80.00] | 0 (reference) | – | – | – |"
+    # learned: picks run 1 (objective 1.5): 0.70 and 0.71; paired with grid: -0.10, -0.09;
+    # two values: the percentile interval is exactly them; too few pairs for a p-value;
+    # the sweep's best OK run is the same run (run 2 failed)
+    assert rows("learned")[0] == ("| learned | learned | 2 | 70.50 [70.00, 71.00] | "
+                                  "-9.50 [-10.00, -9.00] | 2 | – | 70.50 |")
+    # grid stays at 0.8 >= 0.79 from compute 37 on (k=2) in both seeds; ok 12 = 2 x (3 + 3)
+    assert rows("grid")[1] == "| grid | 67 | 37 [37, 37] | 1.000 | 12 | 0 | 0 | 0 |"
+    # learned: 12 + 24 + 36 = 72, never within a point of 80%
+    assert rows("learned")[1] == "| learned | 72 | – | – | 4 | 2 | 0 | 0 |"
+    assert rows("learned")[2] == "| learned | 70.00 (-10.00) | 71.00 (-9.00) |"
 
 
-def test_report_without_grid_names_its_reference():
+def test_best_of_sweep_shows_a_bad_selection_rule():
     trials = suite_trials()
-    report = report_markdown(trials[trials[s.METHOD] != "grid"])
-    assert "Reference: learned (no grid-search curve" in report
+    # the method's objective now prefers run 0 (acc 0.65/0.66) over run 1 (0.70/0.71)
+    trials.loc[(trials[s.METHOD] == "learned") & (trials[s.TRIAL_ID] == "l0"), s.OBJECTIVE] = 0.1
+    best = sweep_best(trials)
+    assert best.loc[("digits", "learned")].tolist() == pytest.approx([0.70, 0.71])
+    row = re.findall(r"^\| learned \| learned \|.*$", report_markdown(trials), flags=re.M)[0]
+    assert row.startswith("| learned | learned | 2 | 65.50 [65.00, 66.00] |")
+    assert row.endswith("| 70.50 |")
+
+
+def test_paired_differences_interval_and_wilcoxon():
+    ref = [0.80, 0.70, 0.60, 0.90, 0.50, 0.65]
+    diffs = [0.02, 0.01, 0.03, 0.04, 0.05, 0.06]
+    curves = pd.DataFrame(sum((curve_rows("ref", i, (10, a)) + curve_rows("m", i, (10, a + d))
+                               for i, (a, d) in enumerate(zip(ref, diffs))), []))
+    got = paired_differences(final_points(curves).droplevel(s.TASK), "ref").loc["m"]
+    assert got["pairs"] == 6 and got["mean"] == pytest.approx(0.035)
+    assert 0.01 <= got["low"] < 0.035 < got["high"] <= 0.06
+    assert got["p"] == pytest.approx(2 / 64)  # exact: all six differences positive
+    two = paired_differences(final_points(curves[curves[s.SEED] < 2]).droplevel(s.TASK),
+                             "ref").loc["m"]
+    assert (two["pairs"], two["mean"]) == (2, pytest.approx(0.015))
+    assert (two["low"], two["high"]) == (pytest.approx(0.01), pytest.approx(0.02))
+    assert math.isnan(two["p"])  # fewer than 6 pairs
+    assert wilcoxon_p([0.0] * 6) == 1.0
+    low, high = mean_interval(np.array([[0.3], [0.3], [0.3]]))
+    assert (low[0], high[0]) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert np.isnan(mean_interval(np.array([[0.3]]))[0]).all()  # one seed: no interval
+
+
+def test_reference_is_found_by_plugin_not_by_label(tmp_path):
+    trials = suite_trials()
+    trials[s.METHOD] = trials[s.METHOD].replace({"grid": "full-grid"})
+    trials[s.PLUGIN] = np.where(trials[s.METHOD] == "full-grid", "grid", "de-elbo")
+    assert default_reference(trials) == "full-grid"
+    assert "Reference: full-grid." in report_markdown(trials)
+    old = trials.drop(columns=[s.PLUGIN])  # an old run directory: no plugin column
+    assert default_reference(old) is None
+    assert "Reference: full-grid (the run names no reference" in report_markdown(old)  # best
+    assert default_reference(suite_trials().drop(columns=[s.PLUGIN])) == "grid"
+    # a run directory's metadata names its reference: it wins
+    ids = {c: trials[c].map(lambda v: None if pd.isna(v) else str(v)) for c in (s.TRIAL_ID, s.RETRAIN_OF)}
+    write_table(tmp_path / s.TRIALS_FILE, trials.assign(**ids))  # parquet: one type a column
+    write_json(tmp_path / s.METADATA_FILE, {s.REFERENCE: "learned",
+                                            "budget": {"gpus_per_worker": 0}})
+    text = report_run(tmp_path)
+    assert "Reference: learned." in text and (tmp_path / s.REPORT_FILE).read_text() == text + "\n"
+    assert "| learned | learned | 2 | 70.50 [70.00, 71.00] | 0 (reference) |" in text
+    assert [p.name for p in plot_run(tmp_path, band="none")] == ["tradeoff.png", "tradeoff.svg"]
+
+
+def test_compute_unit_from_the_records():
+    trials = suite_trials()
+    cpu = trials.assign(**{s.CPU_S: trials[s.RESOURCE_S], s.GPU_S: 0.0})
+    assert compute_unit(cpu, {}) == "CPU core-seconds"
+    gpu = trials.assign(**{s.CPU_S: np.nan, s.GPU_S: trials[s.RESOURCE_S]})
+    assert compute_unit(gpu, {}) == "GPU-seconds"
+    assert compute_unit(cpu, {"records": "published:cifar10-resnet50"}).startswith("A100 GPU")
+    assert compute_unit(gpu, {"compute_label": "A100 GPU-seconds"}) == "A100 GPU-seconds"
+    mixed = trials.assign(**{s.CPU_S: trials[s.RESOURCE_S] / 2, s.GPU_S: trials[s.RESOURCE_S] / 2})
+    assert compute_unit(mixed, {}).startswith("resource-seconds")
 
 
 # --- the DE-ELBo study's own records -------------------------------------------------------
@@ -257,8 +397,8 @@ NAME = re.compile(r"^l2-sp_lr_0=(?P<lr>[^_]+)_n=(?P<n>\d+)_random_state=(?P<rs>\
 
 
 def _published(kind: str) -> pd.DataFrame:
-    """ResNet-50 (non-ConvNeXt files), L2-SP grid, N = 100, with model_name parsed."""
-    frame = pd.read_csv(PUBLISHED / f"{kind}_CIFAR-10.csv")
+    """ResNet-50 (the first, 24-configuration grid), L2-SP, N = 100, model_name parsed."""
+    frame = pd.read_csv(PUBLISHED / f"{kind}_CIFAR-10_ResNet_50_v1.csv")  # the 24-config grid
     frame = frame[(frame["method"] == "l2-sp") & (frame["n"] == 100)].copy()
     parts = frame["model_name"].str.extract(NAME)
     assert parts.notna().all().all(), "unparsed model_name"
