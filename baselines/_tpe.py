@@ -45,8 +45,9 @@ class TPESearch(OptunaSearch):
 
 
 class PrunedTPESearch(PruningSearch, TPESearch):
-    """TPE with Optuna's pruner on per-epoch validation NLL, at the reported optimiser
-    step. A trial is compared only with the trials heard before it was suggested, so the
+    """TPE with Optuna's pruner on per-epoch validation NLL.
+
+    The pruner's resource is the reported optimiser step. A trial is compared only with the trials heard before it was suggested, so the
     same seed prunes the same trials whatever order parallel trials report in."""
 
     name = "tpe-prune"

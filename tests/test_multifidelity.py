@@ -31,6 +31,34 @@ def test_new_methods_pass_check_method(cls, options):
     assert summary["ok"] >= 2 and summary["retrains"] >= 1
 
 
+LIVE_SUITE = """
+[[tasks]]
+dataset = "digits"
+n = 60
+backbone = "small-cnn"
+steps = 12
+batch_size = 16
+"""  # 48 training examples: 3 steps an epoch, 4 epochs
+
+
+@pytest.mark.parametrize("options, message", [
+    ('[methods.hyperband]\nsampler = "magic"\n', "unknown sampler 'magic'; known: random, tpe"),
+    ("[methods.hyperband]\nreduction_factor = 1\n", "reduction_factor must be an integer >= 2"),
+    ("[methods.hyperband]\nmin_resource = 1.5\n", "min_resource must be an integer >= 1"),
+    ("[methods.asha]\nmin_resource = 5\n", "min_resource 5 exceeds the 4 epochs of task"),
+    ("[methods.asha]\nmin_early_stopping_rate = -1\n", "min_early_stopping_rate must be"),
+    ("[methods.asha]\nstartup_trials = -1\n", "startup_trials must be an integer >= 0"),
+    ("[methods.gp-bo]\nstartup_trials = 0\n", "startup_trials must be an integer >= 1"),
+    ("[methods.gp-bo]\ntrials = 0\n", "trials must be an integer >= 1"),
+])
+def test_bad_options_are_refused_when_the_suite_is_read(tmp_path, capsys, options, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(LIVE_SUITE + options)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------- a learning-curve table, by hand
 
 LRS, ALPHAS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001), (0.01, 0.001, 0.0001, 0.0)
