@@ -251,3 +251,80 @@ def test_fine_tune_with_self_labeling_on_noisy_digits():
     # relabeling moves labels back to the truth far more often than away from it
     fixed = int((changed & (hook.labels_ == clean_y)).sum())
     assert fixed > 3 * int((changed & (data.train[1] == clean_y)).sum())
+
+
+# ------------------------------------------------------------------------- regsl
+
+REGSL_SUITE = """
+[budget]
+cap_s = 60
+[[tasks]]
+dataset = "digits"
+n = 100
+backbone = "small-cnn"
+image_size = 8
+steps = 40
+label_noise = { kind = "symmetric", rate = 0.4 }
+[methods.tpe-regsl]
+method = "regsl"
+search = "tpe"
+trials = 3
+startup_trials = 2
+"""
+
+
+def test_regsl_tunes_radii_and_temperature_with_the_chosen_search():
+    from bench.method import Context
+
+    suite = parse_suite(REGSL_SUITE)
+    task, spec = suite.tasks[0], suite.methods[0]
+    method = spec.build()
+    assert method.uses_validation and not method.reports_validation
+    method.start(Context.of(task, 0, suite.budget))
+    config = method.suggest("t0000")
+    assert set(config) == {"lr", "D", "scale", "D_head", "temperature"}
+    fixed = parse_suite(REGSL_SUITE.replace("startup_trials = 2", "").replace(
+        'search = "tpe"', 'search = "random"\ntune_temperature = false'))
+    plain = fixed.methods[0].build()
+    plain.start(Context.of(fixed.tasks[0], 0, fixed.budget))
+    assert set(plain.suggest("t0000")) == {"lr", "D", "scale", "D_head"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ('search = "de-elbo"', "is not a search method"),
+    ('search = "nope"', "unknown method 'nope'"),
+    ('search = "regsl"', "search must name a search method"),
+    ("trials = -1", "trials"),
+    ("trials = 3\nsmoothing = 1", "smoothing"),
+    ("trials = 3\ntune_temperature = 1", "tune_temperature"),
+])
+def test_regsl_bad_options_are_one_line(change, message):
+    if change.startswith("search"):  # without the search's own options
+        text = REGSL_SUITE.replace("trials = 3\nstartup_trials = 2", "").replace(
+            'search = "tpe"', change)
+    else:
+        text = REGSL_SUITE.replace("trials = 3", change)
+    with pytest.raises(BenchError, match=message) as err:
+        parse_suite(text)
+    assert "\n" not in str(err.value) and "tpe-regsl" in str(err.value)
+
+
+def test_regsl_trial_trains_with_constraints_and_self_labeling():
+    from bench.method import FitData
+
+    suite = parse_suite(REGSL_SUITE)
+    task, method = suite.tasks[0], suite.methods[0].build()
+    data = task.load(seed=0)
+    reports = []
+    fitted = method.fit(
+        FitData(task, 0, data.train, None, data.num_classes, data.network),
+        {"lr": 0.05, "D": 0.5, "scale": 2.0, "D_head": 3.0, "temperature": 2.0},
+        lambda step, metrics: reports.append(metrics) and False)
+    assert fitted.steps_done == 40 and all("relabeled" in r for r in reports)
+    net = fitted.network
+    head = dict(net.head_parameters())["head.weight"]
+    assert float(head.detach().norm()) <= 3.0 + 1e-4  # the head's constraint radius held
+    for name, w in net.backbone_parameters():
+        if name in net.layer_weights:
+            radius = 0.5 * 2.0 ** net.stage_of[name]
+            assert float((w.detach() - net.mu0[name]).norm()) <= radius + 1e-4

@@ -1,0 +1,98 @@
+"""``regsl``: regularized self-labeling (Li & Zhang 2021) tuned by a search method.
+
+The authors' method is layer-wise Frobenius distance constraints (``layerwise``) plus
+self-labeling (label correction and loss reweighting, ``bench.selflabel``), with the
+constraint radii tuned by Optuna. Here any search method plugin (``search``: grid, random,
+tpe, ...) tunes the learning rate, the radii (D, scale, D_head) and, unless
+``tune_temperature = false``, the reweighting temperature T; every trial trains with the
+constraints and self-labeling. The other self-labeling options are the task's
+``self_labeling`` table if it has one, else the authors' defaults.
+
+It is a method rather than a regularizer family so that one suite runs it on the same
+(noisy) tasks as L2-SP's grid search and the learned methods: the task's own regularizer
+is not used by it. Options other than ``search`` and ``tune_temperature`` go to the search
+method, e.g. ``[methods.tpe-regsl] method = "regsl", search = "tpe", trials = 12``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bench.errors import BenchError
+from bench.method import Context, FitData, Fitted, Method, Report, Result
+from bench.options import require_bool
+from bench.plugins import build_method
+from bench.regularizers import LayerwiseConstraint
+from bench.selflabel import SelfLabelingConfig
+
+TEMPERATURE = next(p for p in SelfLabelingConfig.SPACE if p.name == "temperature")
+
+
+class RegularizedSelfLabeling(Method):
+    """Regularized self-labeling (Li & Zhang 2021): layer-wise constraints plus label correction and reweighting, radii and T tuned by a search method (``search``, default tpe)."""
+
+    name = "regsl"
+
+    def __init__(self, search: str = "tpe", tune_temperature: bool = True,
+                 **search_options: Any) -> None:
+        self.search = search
+        self.tune_temperature = tune_temperature
+        self.search_options = search_options
+
+    def _search(self) -> Method:
+        """The search method (built once; it holds the search's state)."""
+        if getattr(self, "search_", None) is None:
+            if not isinstance(self.search, str) or self.search == self.name:
+                raise BenchError(f"regsl: search must name a search method plugin, "
+                                 f"got {self.search!r}")
+            method = build_method(self.search, dict(self.search_options))
+            if not method.uses_validation:
+                raise BenchError(f"regsl: search = {self.search!r} is not a search method "
+                                 f"(it learns its hyperparameters without a validation split)")
+            self.search_ = method
+        return self.search_
+
+    # the harness asks these of the method; they are the search method's
+    @property
+    def uses_validation(self) -> bool:  # type: ignore[override]
+        return True
+
+    @property
+    def reports_validation(self) -> bool:  # type: ignore[override]
+        return self._search().reports_validation
+
+    @property
+    def retrain_all(self) -> bool:  # type: ignore[override]
+        return self._search().retrain_all
+
+    def start(self, context: Context) -> None:
+        require_bool("tune_temperature", self.tune_temperature)
+        if context.discrete:
+            raise BenchError("regsl cannot be replayed: recorded runs do not span its space")
+        lr = next(p for p in context.space if p.name == "lr")  # the task's lr range
+        space = (lr, *LayerwiseConstraint.space) + ((TEMPERATURE,) if self.tune_temperature
+                                                    else ())
+        super().start(context)
+        self._search().start(dataclasses.replace(context, space=space))
+
+    def suggest(self, trial_id: str):
+        return self._search().suggest(trial_id)
+
+    def on_report(self, trial_id: str, step: int, metrics: dict[str, float]) -> bool:
+        return self._search().on_report(trial_id, step, metrics)
+
+    def on_result(self, result: Result) -> None:
+        self._search().on_result(result)
+
+    def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
+        from bench.fit import standard_fit  # worker side only: imports torch
+        from bench.regularizers import make_regularizer
+        from bench.selflabel import SelfLabeling
+
+        radii = {p.name: config[p.name] for p in LayerwiseConstraint.space}
+        base = data.task.self_labeling or SelfLabelingConfig()
+        hook = SelfLabeling(base.with_values(config))
+        return standard_fit(data, config, report, self.reports_validation,
+                            regularizer=make_regularizer(LayerwiseConstraint.name, **radii),
+                            hooks=[hook])
