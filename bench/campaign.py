@@ -9,6 +9,7 @@ import copy
 import itertools
 import json
 import time
+import traceback
 from typing import Callable
 
 from bench import schema as S
@@ -19,6 +20,19 @@ from bench.task import Task
 from bench.trial import TrialSpec, execute_trial
 
 CONTINUE, STOP = "CONTINUE", "STOP"  # the same words as Ray Tune's scheduler decisions
+
+
+class MethodHookError(RuntimeError):
+    """A method's own hook (start, suggest, on_report, on_result) raised: a bug in the
+    method, not a failed trial. Names the method and the hook; ``trace`` holds the
+    traceback as it was raised."""
+
+    def __init__(self, label: str, hook: str, error: BaseException) -> None:
+        first = (str(error).strip().splitlines() or [""])[0]
+        super().__init__(f"method {label!r} raised in {hook}(): {type(error).__name__}: "
+                         f"{first}")
+        self.label, self.hook = label, hook
+        self.trace = traceback.format_exc()
 
 
 class Campaign:
@@ -77,7 +91,17 @@ class Campaign:
         context = Context.of(task, seed, budget, discrete)
         self.cap_s = context.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
-        method.start(context)
+        self._hook("start", context)
+
+    def _hook(self, name: str, *args):
+        """Call the method's hook ``name``; what it raises is the method's fault, never
+        a trial's (bad input, ``BenchError``, stays what it is)."""
+        try:
+            return getattr(self.method, name)(*args)
+        except (BenchError, MethodHookError):
+            raise
+        except Exception as err:  # noqa: BLE001 - any bug of a plugin
+            raise MethodHookError(self.label, name, err) from err
 
     @property
     def res(self) -> float:
@@ -120,7 +144,7 @@ class Campaign:
             j = len(self.tuning_order)
             if not self._tell_upto(j - self.budget.workers + 1):
                 return None  # wait: the j-th suggestion must know exactly trials < j - W + 1
-            config = self.method.suggest(self._tuning_id(j))
+            config = self._hook("suggest", self._tuning_id(j))
             if config is None:
                 self._tell_upto(len(self.tuning_order))  # the method waits for results
                 return None if self.running_tuning() else self._stalled()
@@ -209,7 +233,7 @@ class Campaign:
             decision = STOP
         elif kind == S.SEARCH:
             asked = True
-            if self.method.on_report(own, result[S.STEP], metrics):
+            if self._hook("on_report", own, result[S.STEP], metrics):
                 self.stopped_as[own] = S.PRUNED
                 decision = STOP
         self._log({"event": "report", "trial": own, "report": report, "asked": asked})
@@ -304,7 +328,7 @@ class Campaign:
                 status, score = answer[S.STATUS], self._score(answer)
             else:
                 status, score = row[S.STATUS], self._score(row)
-            self.method.on_result(Result(
+            self._hook("on_result", Result(
                 row[S.TRIAL_ID], json.loads(row[S.CONFIG]), status,
                 score if status == S.OK else None,
                 {k: row[k] for k in (S.VAL_NLL, S.VAL_ACC, S.TEST_NLL, S.TEST_ACC)
@@ -335,7 +359,7 @@ class Campaign:
             if event.get("retrain_of") is not None:
                 got = self._issue_retrain() if self.retrain_queue else None
             else:  # the results it knew were told by the journal's tell events
-                config = self.method.suggest(self._tuning_id(len(self.tuning_order)))
+                config = self._hook("suggest", self._tuning_id(len(self.tuning_order)))
                 got = self._issue_tuning(config) if isinstance(config, dict) else None
             if got != own or self.kinds[own][1] != event["hp"]:
                 raise BenchError(f"cannot resume {self.task.name} | {self.label} | seed "
@@ -344,7 +368,7 @@ class Campaign:
         elif what == "report" and own in completed:
             self.reports.append(self._report_row(own, event["report"]))
             if event["asked"]:
-                self.method.on_report(own, event["report"][S.STEP],
+                self._hook("on_report", own, event["report"][S.STEP],
                                       {k: v for k, v in event["report"].items() if k != S.STEP})
         elif what == "tell":
             if self.told >= len(self.tuning_order) or self.tuning_order[self.told] != own or \
@@ -474,7 +498,8 @@ class CampaignQueue:
 
 
 def run_inline(campaign: Campaign) -> None:
-    """Run a campaign's trials one after another in this process."""
+    """Run a campaign's trials one after another in this process. An error of the
+    method's own hooks stops the campaign (``MethodHookError``); it is not the trial's."""
     spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
                      threads=max(1, int(campaign.budget.cpus_per_worker)),
                      gpus=campaign.budget.gpus_per_worker)
@@ -484,8 +509,18 @@ def run_inline(campaign: Campaign) -> None:
         if config in (FINISHED, None):  # None: nothing runs that could change its mind
             return
         campaign.trial_started(trial_id)
-        final = execute_trial(config, spec,
-                              lambda result: campaign.trial_report(trial_id, result) == STOP)
+        hook_errors: list[MethodHookError] = []
+
+        def emit(result: dict) -> bool:
+            try:
+                return campaign.trial_report(trial_id, result) == STOP
+            except MethodHookError as err:  # the trial's own error handling must not see it
+                hook_errors.append(err)
+                return True
+
+        final = execute_trial(config, spec, emit)
+        if hook_errors:
+            raise hook_errors[0]
         campaign.trial_complete(trial_id, final, error=False)
 
 

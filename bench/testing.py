@@ -1,14 +1,13 @@
 """``check_method``: certify that a tuning method obeys the plugin contract.
 
-Like scikit-learn's ``check_estimator``: one call runs the method through a tiny real task
-(digits, the pretrained small CNN at 8 px) with the harness's own campaign code and checks
-that it
-- is a ``bench.method.Method`` with a name, whose constructor only stores its options;
-- does not import Ray and writes no file from any hook;
-- suggests configurations inside its search space;
-- survives a failing trial, and stops suggesting once the compute cap is spent;
-- as a learned-hyperparameter method, never receives validation data.
-Raises AssertionError naming the first broken rule.
+Like scikit-learn's ``check_estimator``: the method runs through a tiny real task (digits,
+the pretrained small CNN at 8 px) with the harness's own campaign code, and once in replay
+on a small recorded table (the published ResNet-50 grid: a discrete space), and named
+checks (``CHECKS``) look at what happened. Each failure is an AssertionError that starts
+with the check's name. ``method_checks`` gives them one by one and
+``parametrize_with_checks`` makes them pytest cases, as scikit-learn's
+``parametrize_with_checks`` does; the live run and the replay are made once per process
+and method and shared by the checks.
 """
 
 from __future__ import annotations
@@ -17,12 +16,13 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 import types
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from bench import schema as S
-from bench.campaign import Campaign, run_inline
+from bench.campaign import Campaign, CampaignQueue, MethodHookError, run_inline
 from bench.method import FitData, Method, search_space
 from bench.suite import Budget
 from bench.task import Task
@@ -111,62 +111,317 @@ def _check_no_ray(cls: type) -> None:
                 f"{klass.__module__} uses Ray ({name}); methods must not touch Ray"
 
 
-def _in_space(config: dict, space, learned: bool) -> None:
-    """Search methods set every hyperparameter; learned ones only what they don't learn."""
+def _outside_space(config: dict, space, learned: bool) -> str | None:
+    """Why ``config`` does not fit the space, or None. Search methods set every
+    hyperparameter; learned ones only what they don't learn."""
     names = {p.name for p in space}
     ok = set(config) <= names if learned else set(config) == names
-    assert ok, f"suggested keys {sorted(config)} do not fit the space {sorted(names)}"
+    if not ok:
+        return f"suggested keys {sorted(config)} do not fit the space {sorted(names)}"
     for p in space:
         if p.name not in config:
             continue
         v = float(config[p.name])
-        assert p.low - 1e-12 <= v <= p.high + 1e-12 or v in p.grid, \
-            f"{p.name}={v} is outside [{p.low}, {p.high}] and not a grid value"
+        if not (p.low - 1e-12 <= v <= p.high + 1e-12 or v in p.grid):
+            return f"{p.name}={v} is outside [{p.low}, {p.high}] and not a grid value"
+    return None
 
 
-def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 20.0) -> dict:
-    """Run the contract checks; return a summary of the tiny campaign that ran."""
-    options = dict(options or {})
+def _error_text(err: BaseException) -> str:
+    if isinstance(err, MethodHookError):
+        return f"{err}\n{err.trace}"
+    return f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exception(err))
+
+
+@dataclass
+class _LiveRun:
+    """What the tiny live campaign did (shared by the checks)."""
+
+    campaign: Campaign | None = None
+    watched: list[_Watched] = field(default_factory=list)
+    error: BaseException | None = None  # the campaign stopped: a hook raised, or worse
+    outside: list[str] = field(default_factory=list)  # suggestions outside the space
+
+    def tuning(self) -> list[dict]:
+        return [r for r in self.campaign.rows if r[S.KIND] != S.RETRAIN] if self.campaign else []
+
+
+@dataclass
+class _ReplayRun:
+    rows: list[dict] = field(default_factory=list)
+    error: BaseException | None = None
+    cap_s: float = 0.0
+
+
+_RUNS: dict[tuple, Any] = {}
+
+
+def _key(kind: str, cls: type, options: dict, cap_s: float) -> tuple:
+    return kind, cls, repr(sorted(options.items())), cap_s
+
+
+def _live_run(cls: type[Method], options: dict, cap_s: float) -> _LiveRun:
+    key = _key("live", cls, options, cap_s)
+    if key in _RUNS:
+        return _RUNS[key]
+    run = _RUNS[key] = _LiveRun()
+    tempfile.gettempdir()  # Python probes the temp dir by writing once; not the method's doing
+    space = search_space(TINY_TASK)
+    try:
+        watched = _Watched(cls(**options), fail_first_fit=False)
+        run.watched.append(watched)
+        campaign = Campaign("check", TINY_TASK, cls.name, watched,  # type: ignore[arg-type]
+                            seed=0, budget=Budget(workers=1, cap_s=cap_s),
+                            clock0=time.perf_counter())
+        run.campaign = campaign
+        campaign.worker_method = _Watched(campaign.worker_method, fail_first_fit=True)
+        run.watched.append(campaign.worker_method)
+        original = campaign.next_config
+
+        def checked_next(trial_id):
+            config = original(trial_id)
+            if isinstance(config, dict) and config["kind"] != S.RETRAIN:
+                why = _outside_space(config["hp"], space, learned=not cls.uses_validation)
+                if why:
+                    run.outside.append(f"{config['trial']}: {why}")
+            return config
+
+        campaign.next_config = checked_next
+        run_inline(campaign)
+    except Exception as err:  # noqa: BLE001 - reported by the check hooks_raise_nothing
+        run.error = err
+    return run
+
+
+def _recorded():
+    """A small recorded table: the published ResNet-50 L2-SP grid (real runs), one task
+    and seed of it. Loaded once per process."""
+    if "recorded" not in _RUNS:
+        from bench.replay import RecordedTask, Recorded, load_records
+
+        recorded = Recorded(load_records(REPLAY_RECORDS))
+        name = recorded.tasks()[0]
+        mine = recorded.trials[(recorded.trials[S.TASK] == name)
+                               & (recorded.trials[S.KIND] == S.SEARCH)]
+        seed = int(min(mine[S.SEED]))
+        grid_s = float(mine[mine[S.SEED] == seed][S.WALL_S].sum())
+        _RUNS["recorded"] = (recorded, RecordedTask(name, recorded.space(name)), seed, grid_s)
+    return _RUNS["recorded"]
+
+
+REPLAY_RECORDS = "published:cifar10-resnet50"
+
+
+def _replay_run(cls: type[Method], options: dict) -> _ReplayRun:
+    key = _key("replay", cls, options, 0.0)
+    if key in _RUNS:
+        return _RUNS[key]
+    from bench.replay import SimulatedClock, simulate
+
+    run = _RUNS[key] = _ReplayRun()
+    recorded, task, seed, grid_s = _recorded()
+    run.cap_s = grid_s  # what the whole grid cost: ends a method that never finishes
+    budget = Budget(workers=2, cap_s=grid_s)
+    clock = SimulatedClock()
+    campaigns: list[Campaign] = []
+
+    def plan() -> Campaign:
+        campaigns.append(Campaign("check-replay", task, cls.name, cls(**options), seed, budget,
+                                  0.0, clock=clock, discrete=True))
+        return campaigns[-1]
+
+    try:
+        simulate(CampaignQueue([plan]), recorded, budget.workers, clock)
+    except Exception as err:  # noqa: BLE001 - reported by the check replays_on_recorded_runs
+        run.error = err
+    run.rows = campaigns[0].rows if campaigns else []
+    return run
+
+
+# ------------------------------------------------------------------ the checks, by name
+
+
+def check_is_a_method(cls, options, cap_s) -> None:
     assert isinstance(cls, type) and issubclass(cls, Method), f"{cls} is not a Method subclass"
     assert isinstance(cls.name, str) and cls.name, f"{cls.__name__}.name must be a non-empty str"
+
+
+def check_constructor_stores_options(cls, options, cap_s) -> None:
     method = cls(**options)
     for key, value in options.items():
         assert getattr(method, key, None) == value, \
             f"the constructor must store option {key!r} unchanged (scikit-learn style)"
-    learned = [a for a in vars(method) if a.endswith("_") and not a.startswith("_")]
-    assert not learned, f"the constructor sets state {learned}: do that in start()"
+    state = [a for a in vars(method) if a.endswith("_") and not a.startswith("_")]
+    assert not state, f"the constructor sets state {state}: do that in start()"
+
+
+def check_does_not_use_ray(cls, options, cap_s) -> None:
     _check_no_ray(cls)
 
-    tempfile.gettempdir()  # Python probes the temp dir by writing once; not the method's doing
-    watched = _Watched(method, fail_first_fit=False)
-    campaign = Campaign("check", TINY_TASK, cls.name, watched, seed=0,  # type: ignore[arg-type]
-                        budget=Budget(workers=1, cap_s=cap_s), clock0=time.perf_counter())
-    campaign.worker_method = _Watched(campaign.worker_method, fail_first_fit=True)
-    space = search_space(TINY_TASK)
-    original = campaign.next_config
 
-    def checked_next(trial_id):
-        config = original(trial_id)
-        if isinstance(config, dict) and config["kind"] != S.RETRAIN:
-            _in_space(config["hp"], space, learned=not cls.uses_validation)
-        return config
+def check_hooks_raise_nothing(cls, options, cap_s) -> None:
+    """start, suggest, on_report and on_result raise nothing on a tiny live campaign (an
+    error there is the method's bug; an error in fit is a failed trial)."""
+    run = _live_run(cls, options, cap_s)
+    assert run.error is None, f"a hook of the method raised: {_error_text(run.error)}"
 
-    campaign.next_config = checked_next
-    run_inline(campaign)
 
-    for wrapper in (watched, campaign.worker_method):
+def _finished(run: _LiveRun) -> None:
+    assert run.error is None, ("the tiny campaign stopped early (see check "
+                               f"hooks_raise_nothing): {run.error}")
+
+
+def check_writes_no_files(cls, options, cap_s) -> None:
+    run = _live_run(cls, options, cap_s)
+    for wrapper in run.watched:
         assert not wrapper.violations, wrapper.violations[0]
-    rows = campaign.rows
-    tuning = [r for r in rows if r[S.KIND] != S.RETRAIN]
+
+
+def check_suggests_inside_the_space(cls, options, cap_s) -> None:
+    run = _live_run(cls, options, cap_s)
+    assert not run.outside, run.outside[0]
+
+
+def check_survives_a_failed_trial(cls, options, cap_s) -> None:
+    run = _live_run(cls, options, cap_s)
+    _finished(run)
+    tuning = run.tuning()
     assert tuning, "the method suggested no trial"
     assert tuning[0][S.STATUS] == S.FAILED, "the injected failure was not recorded as failed"
-    assert len(tuning) > 1 or campaign.method_done, "the method stopped after a failed trial"
+    assert len(tuning) > 1 or run.campaign.method_done, "the method stopped after a failed trial"
+
+
+def check_some_trials_succeed(cls, options, cap_s) -> None:
+    """Besides the injected failure, some trial ends ok: a method whose every trial fails
+    (e.g. its fit reads a metric that is not there) is broken, not unlucky."""
+    run = _live_run(cls, options, cap_s)
+    _finished(run)
+    tuning = run.tuning()
+    assert any(r[S.STATUS] == S.OK for r in tuning), _all_failed(tuning)
+
+
+def _all_failed(rows: list[dict]) -> str:
+    failed = [r for r in rows if r[S.STATUS] == S.FAILED]
+    first = failed[1] if len(failed) > 1 else (failed[0] if failed else None)  # [0]: injected
+    why = "" if first is None else \
+        f"; trial {first[S.TRIAL_ID]}: {first[S.ERROR]}\n{first.get('error_trace') or ''}"
+    return f"no trial ended ok ({len(rows)} trials: " \
+        f"{', '.join(sorted({r[S.STATUS] for r in rows})) or 'none'}){why}"
+
+
+def check_honours_the_cap(cls, options, cap_s) -> None:
+    run = _live_run(cls, options, cap_s)
+    _finished(run)
+    tuning = run.tuning()
     spent = sum(r[S.RESOURCE_S] for r in tuning)
-    longest = max(r[S.RESOURCE_S] for r in tuning)
+    longest = max((r[S.RESOURCE_S] for r in tuning), default=0.0)
     assert spent <= cap_s + longest, f"tuning compute {spent:.1f}s overran the cap {cap_s}s"
-    assert not campaign.worker_method.validation_seen_by_learned, \
+
+
+def check_learned_sees_no_validation(cls, options, cap_s) -> None:
+    run = _live_run(cls, options, cap_s)
+    _finished(run)
+    assert not any(w.validation_seen_by_learned for w in run.watched), \
         "a learned-hyperparameter method received validation data"
-    kinds = {r[S.KIND] for r in tuning}
-    assert kinds == ({S.SEARCH} if cls.uses_validation else {S.LEARNED}), kinds
-    return {"trials": len(tuning), "ok": sum(r[S.STATUS] == S.OK for r in tuning),
-            "retrains": len(rows) - len(tuning), "tuning_s": spent}
+    kinds = {r[S.KIND] for r in run.tuning()}
+    assert kinds <= ({S.SEARCH} if cls.uses_validation else {S.LEARNED}), \
+        f"trials of kinds {sorted(kinds)} from a {'search' if cls.uses_validation else 'learned'} method"
+
+
+def check_replays_on_recorded_runs(cls, options, cap_s) -> None:
+    """In replay (``context.discrete``) every suggestion has a recorded run: the method
+    picks each hyperparameter from ``param.grid``. Only for methods ``replayable``."""
+    run = _replay_run(cls, options)
+    assert run.error is None, f"the replay stopped: {_error_text(run.error)}"
+    tuning = [r for r in run.rows if r[S.KIND] != S.RETRAIN]
+    assert tuning, "the method suggested no trial in replay"
+    missing = [r for r in tuning if (r[S.ERROR] or "").startswith("no recorded")]
+    assert not missing, (f"{len(missing)} of {len(tuning)} replayed trials have no record, "
+                         f"e.g. {missing[0][S.ERROR]}: when context.discrete, suggest only "
+                         "values of each param.grid")
+    assert any(r[S.STATUS] == S.OK for r in tuning), _all_failed(tuning)
+
+
+CHECKS: dict[str, Callable] = {
+    "is_a_method": check_is_a_method,
+    "constructor_stores_options": check_constructor_stores_options,
+    "does_not_use_ray": check_does_not_use_ray,
+    "hooks_raise_nothing": check_hooks_raise_nothing,
+    "writes_no_files": check_writes_no_files,
+    "suggests_inside_the_space": check_suggests_inside_the_space,
+    "survives_a_failed_trial": check_survives_a_failed_trial,
+    "some_trials_succeed": check_some_trials_succeed,
+    "honours_the_cap": check_honours_the_cap,
+    "learned_sees_no_validation": check_learned_sees_no_validation,
+    "replays_on_recorded_runs": check_replays_on_recorded_runs,
+}
+
+
+def replayable(cls: type[Method]) -> bool:
+    """Whether the replay check applies: learned methods are never replayed, and pruning
+    methods (``reports_validation``) only on records with per-epoch validation metrics (a
+    harness run directory), which the small published table has not."""
+    return cls.uses_validation and not cls.reports_validation
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check of one method: call it; an AssertionError names the check."""
+
+    name: str
+    method: type
+    options: tuple[tuple[str, Any], ...]
+    cap_s: float
+
+    @property
+    def id(self) -> str:
+        return f"{getattr(self.method, '__name__', self.method)}-{self.name}"
+
+    def __call__(self) -> None:
+        try:
+            CHECKS[self.name](self.method, dict(self.options), self.cap_s)
+        except AssertionError as err:
+            raise AssertionError(f"check {self.name} failed for "
+                                 f"{getattr(self.method, '__name__', self.method)}: {err}") from None
+
+
+def method_checks(cls: type[Method], options: dict | None = None,
+                  cap_s: float = 20.0) -> list[Check]:
+    """The named checks that apply to ``cls`` with ``options``, in order (the first ones
+    are cheap)."""
+    items = tuple(sorted((options or {}).items()))
+    return [Check(name, cls, items, cap_s) for name in CHECKS
+            if name != "replays_on_recorded_runs" or replayable(cls)]
+
+
+def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 20.0) -> dict:
+    """Run every check; raise AssertionError from the first that fails (named), else
+    return a summary of the tiny live campaign and the replay."""
+    for check in method_checks(cls, options, cap_s):
+        check()
+    options = dict(options or {})
+    run = _live_run(cls, options, cap_s)
+    tuning, rows = run.tuning(), run.campaign.rows
+    summary = {"trials": len(tuning), "ok": sum(r[S.STATUS] == S.OK for r in tuning),
+               "retrains": len(rows) - len(tuning),
+               "tuning_s": sum(r[S.RESOURCE_S] for r in tuning)}
+    if replayable(cls):
+        replayed = [r for r in _replay_run(cls, options).rows if r[S.KIND] != S.RETRAIN]
+        summary |= {"replayed": len(replayed),
+                    "replayed_ok": sum(r[S.STATUS] == S.OK for r in replayed)}
+    return summary
+
+
+def parametrize_with_checks(methods):
+    """A pytest ``parametrize`` mark over every check of every method (a class, or a
+    ``(class, options)`` pair), with ids like ``UniformRandom-some_trials_succeed``::
+
+        @parametrize_with_checks([(UniformRandom, {"trials": 4})])
+        def test_my_method(check):
+            check()
+    """
+    import pytest
+
+    checks = [c for m in methods
+              for c in (method_checks(*m) if isinstance(m, tuple) else method_checks(m))]
+    return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])

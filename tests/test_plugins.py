@@ -2,6 +2,8 @@
 
 import importlib
 import tempfile
+
+import numpy as np
 import shutil
 import subprocess
 import sys
@@ -13,19 +15,38 @@ from baselines import GridSearch, PrunedTPESearch, RandomSearch, TPESearch
 from bench.errors import BenchError
 from bench.method import FINISHED, Method
 from bench.plugins import available_methods, method_class
-from bench.testing import check_method
+from bench.testing import CHECKS, check_method, method_checks, parametrize_with_checks
 
 EXAMPLE = Path(__file__).parent / "plugin_example"
+sys.path.insert(0, str(EXAMPLE))  # the example plugins, importable without installing
+from median_stop import MedianStop  # noqa: E402
+from uniform_random import UniformRandom  # noqa: E402
 
-
-@pytest.mark.parametrize("cls, options", [
+CERTIFIED = [
     (GridSearch, {"max_trials": 4}), (RandomSearch, {"trials": 4}),
     (TPESearch, {"trials": 4, "startup_trials": 2}),
     (PrunedTPESearch, {"trials": 5, "startup_trials": 2}),
-])
-def test_built_in_methods_pass_check_method(cls, options):
-    summary = check_method(cls, options)
+    (UniformRandom, {"trials": 4}), (MedianStop, {"trials": 6}),
+]
+
+
+@parametrize_with_checks(CERTIFIED)
+def test_built_in_and_example_methods_pass_every_check(check):
+    check()
+
+
+@pytest.mark.parametrize("cls, options", CERTIFIED)
+def test_check_method_summarises_the_live_run_and_the_replay(cls, options):
+    summary = check_method(cls, options)  # the runs are shared with the checks above
     assert summary["ok"] >= 2 and summary["retrains"] >= 1
+    if not cls.reports_validation:  # pruners replay only on records with epoch reports
+        assert summary["replayed_ok"] == summary["replayed"] >= 1
+
+
+def test_checks_are_named_for_pytest_ids():
+    checks = method_checks(UniformRandom, {"trials": 4})
+    assert [c.name for c in checks] == list(CHECKS)
+    assert "UniformRandom-replays_on_recorded_runs" in [c.id for c in checks]
 
 
 def test_built_ins_are_registered_by_entry_point():
@@ -47,6 +68,7 @@ def test_a_plugin_installed_from_its_own_package_is_found_and_certified(tmp_path
     cls = method_class("uniform-random")
     assert cls.__module__ == "uniform_random"
     assert check_method(cls, {"trials": 4})["trials"] == 4
+    assert method_class("median-stop").reports_validation
 
 
 def test_the_cap_stops_an_endless_method():
@@ -81,10 +103,55 @@ class OutOfSpace(RandomSearch):
         return config if config == FINISHED else {**config, "lr": 50.0}
 
 
+class ReadsMissingMetric(RandomSearch):
+    """Prunes on val_nll without asking for validation reports: metrics lack the key."""
+
+    name = "reads-missing-metric"
+
+    def on_report(self, trial_id, step, metrics):
+        return metrics["val_nll"] > 2.0
+
+
+class ReadsMissingResult(RandomSearch):
+    name = "reads-missing-result"
+
+    def on_result(self, result):
+        super().on_result(result)
+        print(result.metrics["test_acc"])  # search trials have no test metrics
+
+
+class EveryTrialFails(RandomSearch):
+    """Its fit (the trial's own code) reads a metric that is not there."""
+
+    name = "every-trial-fails"
+
+    def fit(self, data, config, report):
+        return super().fit(data, config, lambda step, metrics: report(step, metrics) or
+                           metrics["val_acc"] < 0)
+
+
+class ContinuousOnly(UniformRandom):
+    """The README's example as it was: it ignores the discrete space of a replay."""
+
+    name = "continuous-only"
+
+    def _draw(self, p):
+        return float(np.exp(self.rng_.uniform(np.log(p.low), np.log(p.high))))
+
+
 @pytest.mark.parametrize("cls, options, message", [
-    (WritesFiles, {}, "wrote files"),
-    (BadConstructor, {"trials": 3}, "store option 'trials'"),
-    (OutOfSpace, {"trials": 3}, "lr=50.0 is outside"),
+    (WritesFiles, {}, "check writes_no_files failed for WritesFiles: .*wrote files"),
+    (BadConstructor, {"trials": 3}, "constructor_stores_options.*store option 'trials'"),
+    (OutOfSpace, {"trials": 3}, "suggests_inside_the_space.*lr=50.0 is outside"),
+    (ReadsMissingMetric, {"trials": 3}, r"check hooks_raise_nothing failed for "
+     r"ReadsMissingMetric: a hook of the method raised: method 'reads-missing-metric' raised "
+     r"in on_report\(\): KeyError: 'val_nll'(.|\n)*Traceback(.|\n)*in on_report"),
+    (ReadsMissingResult, {"trials": 3}, r"hooks_raise_nothing(.|\n)*raised in on_result\(\): "
+     r"KeyError: 'test_acc'"),
+    (EveryTrialFails, {"trials": 3}, r"check some_trials_succeed failed(.|\n)*no trial ended "
+     r"ok \(3 trials: failed\); trial t0001: KeyError: 'val_acc'(.|\n)*in <lambda>"),
+    (ContinuousOnly, {"trials": 3}, r"check replays_on_recorded_runs failed(.|\n)*3 of 3 "
+     "replayed trials have no record"),
 ])
 def test_check_method_catches_contract_breaches(cls, options, message):
     with pytest.raises(AssertionError, match=message):
