@@ -72,6 +72,7 @@ def _finals(trials: pd.DataFrame) -> pd.DataFrame:
     return curves.sort_values(S.K).groupby([S.TASK, S.METHOD, S.SEED]).tail(1)
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("name", list(RECORD_SETS))
 def test_the_replayed_full_grid_finds_the_incumbent_of_every_n_and_seed(tmp_path, name):
     trials = _replay(tmp_path, _suite(f"published:{name}", _tasks(name), "[methods.grid]\n"))
@@ -89,6 +90,7 @@ def test_the_replayed_full_grid_finds_the_incumbent_of_every_n_and_seed(tmp_path
     assert meta["compute_unit"] == S.GPU_S
 
 
+@pytest.mark.ray
 def test_clml_selection_picks_the_highest_clml(tmp_path):
     name = "cifar10-convnext-clml"
     methods = '[methods.grid]\n[methods.grid-clml]\nmethod = "grid"\nselect_by = "clml"\n'
@@ -107,6 +109,7 @@ def _paid_twice(trials: pd.DataFrame) -> pd.DataFrame:
     return paid[paid.duplicated(keys, keep=False)]
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("workers", [1, 3])
 def test_no_campaign_pays_twice_for_a_configuration(tmp_path, workers):
     methods = ("[methods.grid]\n[methods.random]\ntrials = 200\n"

@@ -32,6 +32,7 @@ def _replay(tmp_path, workers=1, cap=1e12, extra=""):
     return pd.read_parquet(run_replay(suite, tmp_path / "out", progress=False) / S.TRIALS_FILE)
 
 
+@pytest.mark.ray
 def test_replayed_grid_reproduces_the_published_incumbents_and_compute(tmp_path):
     trials = _replay(tmp_path)
     recorded = published_runs("cifar10-resnet50-v1")
@@ -48,6 +49,7 @@ def test_replayed_grid_reproduces_the_published_incumbents_and_compute(tmp_path)
         assert last.loc[seed, S.K] == 24
 
 
+@pytest.mark.ray
 def test_bootstrap_last_point_equals_the_full_grid(tmp_path):
     trials = _replay(tmp_path)
     boot = grid_bootstrap(trials, draws=50, by_seed=True).groupby(S.SEED).tail(1).set_index(S.SEED)
@@ -58,6 +60,7 @@ def test_bootstrap_last_point_equals_the_full_grid(tmp_path):
         assert boot.loc[seed, S.COMPUTE_S] == pytest.approx(last.loc[seed, S.COMPUTE_S])
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("workers", [1, 3])
 def test_a_replay_respects_the_cap_and_the_pool(tmp_path, workers):
     cap = 10_000.0  # about 6 of the 24 tuning runs (~1,500 s each)
@@ -74,6 +77,7 @@ def test_a_replay_respects_the_cap_and_the_pool(tmp_path, workers):
             assert running <= workers
 
 
+@pytest.mark.ray
 def test_random_and_tpe_replay_only_recorded_configurations(tmp_path):
     extra = "[methods.random]\ntrials = 10\n[methods.tpe]\ntrials = 10\nstartup_trials = 4\n"
     trials = _replay(tmp_path, extra=extra)
