@@ -320,7 +320,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
 
 def summarize(out: Path) -> tuple[list[Path], str]:
     """Plot and report a finished run directory."""
-    from bench.curves import report_run
+    from bench.report import report_run
     from bench.plots import plot_run
 
     paths = plot_run(out)
