@@ -60,6 +60,7 @@ from bench.space import Param
 from bench.suite import BUDGET_KEYS, Budget, MethodSpec, _build, _check_keys, check_starts
 
 REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
+LIVE_TABLE_S = 5.0  # a replay rewrites its live trials table at most this often
 
 
 @dataclass(frozen=True)
@@ -360,10 +361,15 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
             return started_campaigns[-1]
         return build
 
+    last_write = [0.0]
+
     def record(campaign: Campaign, row: dict) -> None:  # a live table, as bench run keeps
         show.record(campaign, row)
-        write_table(out / S.TRIALS_FILE, frame([r for c in started_campaigns for r in c.rows],
-                                               S.TRIAL_COLUMNS))
+        # rewritten at most every LIVE_TABLE_S of wall time: each write copies every row
+        if time.perf_counter() - last_write[0] >= LIVE_TABLE_S:
+            write_table(out / S.TRIALS_FILE, frame(
+                [r for c in started_campaigns for r in c.rows], S.TRIAL_COLUMNS))
+            last_write[0] = time.perf_counter()
 
     def done(campaign: Campaign) -> None:
         finished.append(campaign)
