@@ -87,7 +87,8 @@ def loop_benchmark(steps: int = 30, batch_size: int = 32, repeats: int = 3) -> l
 def overhead_shares(run_dir) -> dict:
     """Where a finished run's time went, as shares of its budget (wall x pool resources).
 
-    Useful = training + evaluation inside trials. Harness overhead = Ray start + the time
+    Useful = training + evaluation inside trials (a trial stopped at a report, pruned or
+    over budget, counts what its last report measured). Harness overhead = Ray start + the time
     between trials (scheduling, workers idle while a method waits or the suite's last
     trials drain) + records. Trial set-up (model build, data preparation, the worker's
     first start) is shown beside it.

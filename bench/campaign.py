@@ -70,6 +70,7 @@ class Campaign:
         self.alias: dict[str, str] = {}  # backend trial id -> campaign trial id
         self.started: dict[str, float] = {}
         self.stopped_as: dict[str, str] = {}
+        self.last_report: dict[str, dict] = {}  # a running trial's last epoch report
         self.rows: list[dict] = []
         self.reports: list[dict] = []
         self.retrain_queue: list[tuple[dict, str]] = []
@@ -227,6 +228,7 @@ class Campaign:
         report = {S.STEP: result[S.STEP], S.EPOCH: result.get(S.EPOCH), **metrics,
                   S.METRICS: json.dumps(extra, sort_keys=True) if extra else None}
         self.reports.append(self._report_row(own, report))
+        self.last_report[own] = result
         decision, asked = CONTINUE, False
         if kind != S.RETRAIN and self.over_cap():
             self.stopped_as[own] = S.OVER_BUDGET
@@ -259,6 +261,8 @@ class Campaign:
         wall = ended - started
         train_s = result.get(S.TRAIN_S) if final else None
         eval_s = result.get(S.EVAL_S) if final else None
+        measured = {} if final else _measured(self.last_report.get(own, {}))
+        train_s, eval_s = measured.get(S.TRAIN_S, train_s), measured.get(S.EVAL_S, eval_s)
         row = {
             S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
             S.PLUGIN: self.plugin, S.SEED: self.seed, S.TRIAL_ID: own, S.KIND: kind, S.STATUS: status,
@@ -268,11 +272,16 @@ class Campaign:
             S.GPU_S: wall * self.budget.gpus_per_worker,
             S.TRAIN_S: train_s, S.EVAL_S: eval_s,
             S.OVERHEAD_S: wall - (train_s or 0) - (eval_s or 0),
-            S.NODE: result.get(S.NODE), S.STEPS_DONE: result.get(S.STEPS_DONE),
+            S.NODE: result.get(S.NODE),
+            S.STEPS_DONE: measured.get(S.STEPS_DONE, result.get(S.STEPS_DONE)),
             S.ERROR: result.get(S.ERROR) or (FAILED_PROCESS if error else None),
             S.ERROR_TRACE: result.get("traceback"),
             S.INFO: result.get(S.INFO),
         }
+        if status in (S.PRUNED, S.OVER_BUDGET):  # what it was stopped on
+            last = self.last_report.get(own, {})
+            row |= {S.VAL_NLL: last.get(S.VAL_NLL), S.VAL_ACC: last.get(S.VAL_ACC)}
+        self.last_report.pop(own, None)
         if status == S.OK:
             for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
                 row[key] = result.get(key)
@@ -387,6 +396,20 @@ class Campaign:
 
 
 FAILED_PROCESS = "trial process failed"
+
+
+def _measured(report: dict) -> dict:
+    """Steps and seconds a trial's last epoch report says it had done. Without the loop's
+    own split, the seconds in fit (training, its evaluations, building the network) count
+    as training."""
+    if not report:
+        return {}
+    out = {S.STEPS_DONE: report.get(S.STEPS_DONE, report.get(S.STEP))}
+    if report.get(S.TRAIN_S) is not None:
+        out |= {S.TRAIN_S: report[S.TRAIN_S], S.EVAL_S: report.get(S.EVAL_S)}
+    elif report.get(S.FIT_S) is not None:
+        out |= {S.TRAIN_S: report[S.FIT_S], S.EVAL_S: None}
+    return out
 
 
 class CampaignQueue:

@@ -21,6 +21,7 @@ PLOT_STEM = "tradeoff"
 REPORT_FILE = "report.md"
 JOURNAL_FILE = "journal.jsonl"  # every harness decision as it happened (bench.journal)
 LOCK_FILE = ".lock"  # held by the driver running into the directory
+RAY_FILE = "ray.json"  # the driver's local Ray: temp dir and process ids, for clean-up
 
 # kinds of run
 SEARCH, RETRAIN, LEARNED = "search", "retrain", "learned"
@@ -81,8 +82,12 @@ TRAIN_LOSS = "train_loss"
 METRICS = "metrics"  # JSON of any other per-epoch values (sigma, lambda, log_marglik, ...)
 REPORT_COLUMNS = (SUITE, TASK, METHOD, SEED, TRIAL_ID, STEP, EPOCH, TRAIN_LOSS, VAL_NLL,
                   VAL_ACC, METRICS)
+# what a worker measured by an epoch report, kept for a trial stopped there (pruned or
+# over budget): seconds in fit so far (training, evaluations, network set-up), and the
+# loop's own training and evaluation seconds where fit reports them
+FIT_S = "fit_s"
 # keys of a worker's epoch report that are the harness's, not the method's
-REPORT_ENVELOPE = ("phase", STEP, EPOCH, "node")
+REPORT_ENVELOPE = ("phase", STEP, EPOCH, "node", STEPS_DONE, FIT_S, TRAIN_S, EVAL_S)
 
 # metadata.json: the label the analysis compares every method with (bench.rundir)
 REFERENCE = "reference"

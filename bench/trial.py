@@ -67,8 +67,14 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
             fit_data = FitData(spec.task, spec.seed, data.train, None, data.num_classes,
                                make_network)
 
+        fit_started = time.perf_counter()
+
         def report(step: int, metrics: dict) -> bool:
-            return bool(emit({"phase": "epoch", S.STEP: step, S.NODE: final[S.NODE], **metrics}))
+            # what was measured so far travels with every report: a trial stopped at one
+            # (pruned, over budget) sends no final record
+            measured = {S.STEPS_DONE: step, S.FIT_S: time.perf_counter() - fit_started}
+            return bool(emit({"phase": "epoch", S.STEP: step, S.NODE: final[S.NODE],
+                              **measured, **metrics}))
 
         fitted = spec.method.fit(fit_data, hp, report)
         eval_started = time.perf_counter()

@@ -11,7 +11,9 @@ import pytest
 from bench import schema as S
 from bench.cli import main
 from bench.errors import BenchError
-from bench.suite import parse_suite
+from bench.suite import Budget, parse_suite
+from bench.task import Task
+from baselines import RandomSearch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.toml"
@@ -258,3 +260,45 @@ def test_python_dash_m_bench_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "--address" in proc.stdout
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _PrunesAll(RandomSearch):
+    name = "prunes-all"
+    reports_validation = True
+
+    def on_report(self, trial_id, step, metrics):
+        return True
+
+
+@pytest.mark.parametrize("cap_s, status", [(100.0, S.PRUNED), (5.0, S.OVER_BUDGET)])
+def test_a_stopped_trial_keeps_what_it_measured(cap_s, status):
+    """Ray stops a pruned or over-budget trial at a report, with no final record: its row
+    keeps the report's steps, seconds in fit and validation metrics, so its compute is
+    not counted as the harness's overhead."""
+    from bench.campaign import STOP, Campaign
+
+    clock = _Clock()
+    task = Task("digits", 60, "small-cnn", image_size=8, batch_size=16)
+    campaign = Campaign("s", task, "p", _PrunesAll(trials=1), 0,
+                        Budget(workers=1, cap_s=cap_s), 0.0, clock=clock)
+    campaign.next_config("ray1")
+    campaign.trial_started("ray1")
+    clock.now = 10.0
+    report = {"phase": "epoch", S.STEP: 4, S.NODE: "n", S.STEPS_DONE: 4, S.FIT_S: 8.5,
+              S.TRAIN_LOSS: 1.5, S.VAL_NLL: 1.25, S.VAL_ACC: 0.5}
+    assert campaign.trial_report("ray1", report) == STOP
+    clock.now = 11.0
+    campaign.trial_complete("ray1", None, error=False)  # what Tune hands a stopped trial
+    row = campaign.rows[0]
+    assert row[S.STATUS] == status and row[S.STEPS_DONE] == 4
+    assert row[S.TRAIN_S] == 8.5 and row[S.OVERHEAD_S] == pytest.approx(2.5)
+    assert row[S.VAL_NLL] == 1.25 and row[S.VAL_ACC] == 0.5 and row.get(S.TEST_ACC) is None
+    assert campaign.best is None  # a stopped trial is never the incumbent
+    assert json.loads(campaign.reports[0][S.METRICS] or "{}") == {}  # timings stay out
