@@ -48,18 +48,13 @@ class HyperbandSearch(EpochPruningSearch):
         super().start(context)
         # brackets fixed from the start (Optuna sets them up at the first report, and until
         # then puts every trial in bracket 0, which TPE's bracket-wise history would see)
-        self.study_.pruner._try_initialization(self.study_)  # noqa: SLF001
+        if isinstance(self.study_.pruner, optuna.pruners.HyperbandPruner):
+            self.study_.pruner._try_initialization(self.study_)  # noqa: SLF001
 
-    def _pruner(self) -> optuna.pruners.BasePruner:
+    def _epoch_pruner(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=self.min_resource,
                                               max_resource=self.epochs_,
                                               reduction_factor=self.reduction_factor)
-
-    def bracket(self, trial_id: str) -> int:
-        """The bracket a running trial was assigned to."""
-        trial = self.running_[trial_id]
-        frozen = self.study_.get_trials(deepcopy=False)[trial.number]
-        return self.study_.pruner._get_bracket_id(self.study_, frozen)  # noqa: SLF001
 
 
 class ASHASearch(EpochPruningSearch):
@@ -91,7 +86,7 @@ class ASHASearch(EpochPruningSearch):
         require_int("min_early_stopping_rate", self.min_early_stopping_rate, 0)
         super().start(context)
 
-    def _pruner(self) -> optuna.pruners.BasePruner:
+    def _epoch_pruner(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=self.min_resource, reduction_factor=self.reduction_factor,
             min_early_stopping_rate=self.min_early_stopping_rate)

@@ -157,7 +157,9 @@ SAMPLERS = ("random", "tpe")
 class EpochPruningSearch(PruningSearch):
     """A pruning search whose resource is the epoch: a trial's k-th report is epoch k, out
     of the task's ``task_epochs``. A trial at its last report has trained to the end and is
-    never stopped there (its result is complete). Sampler: random (the papers') or TPE."""
+    never stopped there (its result is complete). Sampler: random (the papers') or TPE.
+    On a task without per-epoch reports (a replay of records that have none, which
+    ``bench replay`` refuses for pruning methods) nothing is pruned."""
 
     def __init__(self, trials: int = 30, sampler: str = "random",
                  startup_trials: int = 5) -> None:
@@ -169,10 +171,7 @@ class EpochPruningSearch(PruningSearch):
         if self.sampler not in SAMPLERS:
             raise BenchError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
         require_int("startup_trials", self.startup_trials, 0)
-        epochs = task_epochs(context.task)
-        if epochs is None:
-            raise BenchError(f"task {context.task.name} has no per-epoch reports to prune on")
-        self.epochs_ = epochs
+        self.epochs_ = task_epochs(context.task)
         super().start(context)
         self.reports_: dict[str, int] = {}
 
@@ -183,6 +182,12 @@ class EpochPruningSearch(PruningSearch):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup_trials,
                                           constant_liar=self.context_.workers > 1)
 
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        return self._epoch_pruner() if self.epochs_ else optuna.pruners.NopPruner()
+
+    def _epoch_pruner(self) -> optuna.pruners.BasePruner:
+        raise NotImplementedError
+
     def _resource(self, trial_id: str, step: int) -> int | None:
         epoch = self.reports_[trial_id] = self.reports_.get(trial_id, 0) + 1
-        return epoch if epoch < self.epochs_ else None
+        return epoch if self.epochs_ and epoch < self.epochs_ else None

@@ -63,4 +63,7 @@ class PrunedTPESearch(PruningSearch, TPESearch):
         super().start(context)
 
     def _pruner(self) -> optuna.pruners.BasePruner:
-        return PRUNERS[self.pruner](self.context_.task.steps)
+        steps = getattr(self.context_.task, "steps", None)
+        if steps is None:  # replayed records without per-epoch reports: nothing to prune on
+            return optuna.pruners.NopPruner()  # (bench replay refuses them for tpe-prune)
+        return PRUNERS[self.pruner](steps)

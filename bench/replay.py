@@ -18,6 +18,7 @@ A replay suite is TOML:
                                              # a list of published record sets (their
                                              # tasks are named apart) for one suite on all
     seeds = [1001, 2001, 3001]               # the records' seeds
+    # records_method = "grid"                # a run directory: only this label's runs
     bo = true                                # add the study's BO traces (where published)
 
     [budget]
@@ -51,7 +52,7 @@ import pandas as pd
 from bench import schema as S
 from bench.campaign import STOP, Campaign, CampaignQueue
 from bench.errors import BenchError
-from bench.method import FINISHED
+from bench.method import FINISHED, Method
 from bench.published import (COMPUTE_UNIT, PREFIX, RECORD_SETS, config_key, published_bo,
                              published_runs, record_set)
 from bench.learning_curves import LearningCurves, report_times
@@ -149,6 +150,16 @@ def load_reports(source: str) -> pd.DataFrame | None:
     return None if source.startswith(PREFIX) else read_reports(source)
 
 
+def load_recorded(source: str, method: str | None = None) -> Recorded:
+    """The records of ``source`` with their reports; only the runs of the method labelled
+    ``method`` if given (a run directory's grid, beside the other methods it ran)."""
+    trials, reports = load_records(source), load_reports(source)
+    if method is not None:
+        trials = trials[trials[S.METHOD] == method]
+        reports = None if reports is None else reports[reports[S.METHOD] == method]
+    return Recorded(trials, reports)
+
+
 class SimulatedClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -230,6 +241,7 @@ class ReplaySuite:
     budget: Budget
     bo: bool
     source: str
+    records_method: str | None = None  # a run directory: replay only this label's runs
 
 
 def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
@@ -237,7 +249,8 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"{origin}: malformed TOML: {err}") from None
-    _check_keys(origin, raw, ["name", "records", "seeds", "bo", "budget", "tasks", "methods"])
+    _check_keys(origin, raw, ["name", "records", "records_method", "seeds", "bo", "budget",
+                              "tasks", "methods"])
     records = raw.get("records")
     if isinstance(records, list) and records and all(
             isinstance(r, str) and r.startswith(PREFIX) for r in records):
@@ -245,7 +258,16 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
     if not isinstance(records, str):
         raise BenchError(f"{origin}: records must name published:<{'|'.join(RECORD_SETS)}> "
                          "(or a list of them) or a run directory")
-    recorded = Recorded(load_records(records), load_reports(records))
+    records_method = raw.get("records_method")
+    if records_method is not None:
+        if not isinstance(records_method, str) or records.startswith(PREFIX):
+            raise BenchError(f"{origin}: records_method must be a string naming a method label "
+                             "of a run directory's records")
+        labels = sorted(set(load_records(records)[S.METHOD]))
+        if records_method not in labels:
+            raise BenchError(f"{origin}: records_method {records_method!r} is not a method of "
+                             f"the records; they have: {', '.join(labels)}")
+    recorded = load_recorded(records, records_method)
     seeds = raw.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise BenchError(f"{origin}: seeds must be a non-empty list of the records' seeds")
@@ -294,15 +316,17 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> ReplaySuite:
                          + ", ".join(r.name for r in RECORD_SETS.values() if r.bo) + ")")
     _check_selection(origin, methods, recorded)
     return ReplaySuite(str(raw.get("name", Path(origin).stem)), records, tuple(tasks),
-                       tuple(methods), tuple(seeds), budget, bo, text)
+                       tuple(methods), tuple(seeds), budget, bo, text, records_method)
 
 
 def _check_fidelity(where: str, spec: MethodSpec, records: str, recorded: Recorded, tasks,
                     seeds) -> None:
-    """A method that prunes on per-epoch validation metrics is replayed only on records
-    that hold them for every configuration it may pick; anything else would run it
-    without pruning, silently."""
-    if not spec.build().reports_validation:
+    """A method that prunes on per-epoch validation metrics (asks for them and hears
+    reports) is replayed only on records that hold them for every configuration it may
+    pick; anything else would run it without pruning, silently. (A grid that only
+    records them, ``report_validation``, does not need them.)"""
+    method = spec.build()
+    if not (method.reports_validation and type(method).on_report is not Method.on_report):
         return
     for task in tasks:
         missing, total = recorded.unvalidated(task.name, seeds)
@@ -344,7 +368,7 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
 
     out = Path(out)
     check_output_dir(out)
-    recorded = Recorded(load_records(suite.records), load_reports(suite.records))
+    recorded = load_recorded(suite.records, suite.records_method)
     clock = SimulatedClock()
     started = time.perf_counter()
     show = Progress(suite, progress)

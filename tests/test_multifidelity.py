@@ -211,6 +211,27 @@ def test_a_pruning_method_on_records_without_validation_is_refused(tmp_path, cap
                             / S.TRIALS_FILE)[S.STATUS] == S.OK).all()
 
 
+def test_records_method_replays_the_grid_of_a_run_directory_that_ran_more(tmp_path, capsys):
+    records = _write_run(tmp_path / "records")
+    trials = pd.read_parquet(records / S.TRIALS_FILE)
+    other = trials[trials[S.KIND] == S.SEARCH].assign(  # off-grid runs, no per-epoch reports
+        **{S.METHOD: "random", S.CONFIG: lambda t: [json.dumps({"alpha": 0.5, "lr": 0.5 + i})
+                                                     for i in range(len(t))]})
+    write_table(records / S.TRIALS_FILE, pd.concat([trials, other], ignore_index=True))
+    path = tmp_path / "suite.toml"
+    path.write_text(_suite(records, "[methods.asha]\ntrials = 20\n"))
+    assert main(["replay", str(path), "--out", str(tmp_path / "refused"), "--quiet"]) == 2
+    assert "only 24 of the 48 search runs" in capsys.readouterr().err
+    path.write_text('records_method = "grid"\n' + path.read_text())
+    assert main(["replay", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    replayed = pd.read_parquet(tmp_path / "out" / S.TRIALS_FILE)
+    assert set(replayed[S.CONFIG]) <= set(CURVES) and (replayed[S.STATUS] == S.PRUNED).any()
+    path.write_text(path.read_text().replace('"grid"', '"gird"'))
+    assert main(["replay", str(path), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "records_method 'gird' is not a method of the records; they have: grid, random" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["tpe-prune", "hyperband", "asha"])
 def test_pruning_methods_are_refused_on_published_records(tmp_path, capsys, method):
     path = tmp_path / "published.toml"
@@ -232,19 +253,13 @@ def test_gp_bo_replays_only_recorded_configurations(tmp_path):
 # ------------------------------------------------- a harness run directory, replayed
 
 
-class ValidatingGrid(GridSearch):
-    """The grid, reporting validation metrics every epoch (as a pruning method does)."""
-
-    name = "grid-validating"
-    reports_validation = True
-
-
 def test_a_harness_run_directory_replays_with_tpe_prune_pruning(tmp_path):
     task = Task("digits", 60, "small-cnn", image_size=8, steps=12, batch_size=16,
                 test_limit=90, name="digits-tiny",
                 space=(Param("lr", 1e-3, 0.3, (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)),
                        Param("alpha", 1e-6, 1e-2, (1e-2, 0.0)), Param("beta", 1e-4, 1e-4, (1e-4,))))
-    campaign = Campaign("tiny", task, "grid", ValidatingGrid(retrain_all=True), seed=0,
+    grid = GridSearch(retrain_all=True, report_validation=True)  # the reference grid's way
+    campaign = Campaign("tiny", task, "grid", grid, seed=0,
                         budget=Budget(cap_s=1e9), clock0=time.perf_counter())
     run_inline(campaign)  # the harness's own campaign code, trials trained for real
     records = tmp_path / "records"
