@@ -25,7 +25,9 @@ from bench.curves import (
 from bench.errors import BenchError
 from bench.records import atomic_write
 from bench.rundir import GRID_PLUGIN, default_reference, load_run
-from bench.schema import COMPUTE_S, KIND, LEARNED, METHOD, PLOT_STEM, PLUGIN, TASK, TEST_ACC
+from bench.schema import (
+    COMPUTE_S, KIND, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
+)
 from bench.stats import CONFIDENCE, RESAMPLES
 
 DPI = 160
@@ -58,11 +60,11 @@ def plain_number(x: float, _pos=None) -> str:
 
 
 def _log_axis(ax) -> None:
-    """Ticks at 1, 2, 5 x 10^k over up to 3 decades (only 10^k beyond), labelled plainly."""
+    """Ticks at 1, 2, 5 x 10^k (finer below 1.3 decades, only 10^k beyond 3), plain text."""
     lo, hi = ax.get_xlim()
     decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
-    subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 0.7 else (1.0, 1.5, 2.0, 3.0,
-                                                                             5.0, 7.0)
+    subs = ((1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1.3
+            else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
     ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
     ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10), numticks=30))
@@ -110,9 +112,10 @@ def _learned_marks(ax, finals: pd.DataFrame, oracle: pd.Series, methods, colors)
                     mew=1.5, zorder=5)
 
 
-def _legend(fig, colors: dict, kinds: dict, extras: dict) -> None:
+def _legend(fig, colors: dict, kinds: dict, seeds: dict, extras: dict) -> None:
     handles = [Line2D([], [], color=colors[m], lw=1.8,
-                      label=m + (" (learned)" if kinds.get(m) == LEARNED else ""))
+                      label=f"{m} ({'learned, ' if kinds.get(m) == LEARNED else ''}"
+                            f"{seeds.get(m, 0)} seeds)")
                for m in colors]
     handles += [Line2D([], [], color="grey", lw=1.8, label="mean over all seeds"),
                 Line2D([], [], color="grey", lw=0.9, ls=(0, (3, 2)),
@@ -211,7 +214,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
             ax.set_xlabel(f"compute ({unit})", fontsize=9)
             if col == 0:
                 ax.set_ylabel("balanced test accuracy (%)", fontsize=9)
-    _legend(fig, colors, kinds, extras)
+    _legend(fig, colors, kinds, trials.groupby(METHOD)[SEED].nunique().to_dict(), extras)
     fig.tight_layout()
     target = (f"target: the reference ({reference})'s final mean minus {100 * TOLERANCE:g} "
               "point" if reference else "no reference method, no target")
