@@ -289,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "reference's compute, rank figure, critical-difference "
                                        "diagram (5 tasks or more)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="compare",
-                   help="folder for compare.md, ranks.png/svg and cd.png/svg (default: compare)")
+    p.add_argument("--out", default="runs/compare",
+                   help="folder for compare.md, ranks.png/svg and cd.png/svg (default: "
+                        "runs/compare)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("status", help="where a run stands (running, killed or finished): per "

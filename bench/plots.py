@@ -160,11 +160,11 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     palette = list(PALETTE)
     colors = {m: palette[i % len(palette)] for i, m in enumerate(known) if m in shown}
     boot = None
-    plugin_of_ref = (trials.loc[trials[METHOD] == reference, PLUGIN].dropna().iloc[0]
-                     if PLUGIN in trials and (trials[METHOD] == reference).any()
-                     and trials.loc[trials[METHOD] == reference, PLUGIN].notna().any()
-                     else reference)
-    if reference in set(curves[METHOD]) and plugin_of_ref == GRID_PLUGIN and reference in shown:
+    ref_plugins = (trials.loc[trials[METHOD] == reference, PLUGIN].dropna() if PLUGIN in trials
+                   else pd.Series(dtype=object))
+    ref_is_grid = ((ref_plugins == GRID_PLUGIN).any() if len(ref_plugins)
+                   else reference == GRID_PLUGIN)  # an old run: the label says it
+    if ref_is_grid and reference in set(curves[METHOD]) and reference in shown:
         boot = grid_bootstrap(trials, method=reference)
         boot = boot[boot["complete"].astype(bool)]  # exact only if every config was retrained
     tasks = sorted(set(trials[TASK]))

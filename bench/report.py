@@ -14,7 +14,7 @@ from bench.curves import (
 from bench.records import write_text
 from bench.rundir import default_reference, load_run
 from bench.schema import (
-    COMPUTE_S, FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED, REPORT_FILE, SEED,
+    FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED, REPORT_FILE, SEED,
     STATUS, TASK, TEST_ACC,
 )
 from bench.stats import CONFIDENCE, RESAMPLES, WILCOXON_MIN_PAIRS, mean_interval, wilcoxon_p
