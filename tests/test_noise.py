@@ -328,3 +328,15 @@ def test_regsl_trial_trains_with_constraints_and_self_labeling():
         if name in net.layer_weights:
             radius = 0.5 * 2.0 ** net.stage_of[name]
             assert float((w.detach() - net.mu0[name]).norm()) <= radius + 1e-4
+
+
+def test_the_noisy_suite_reads_with_one_task_per_noise_rate():
+    from pathlib import Path
+
+    from bench.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "noisy.toml")
+    assert [t.label_noise.rate for t in suite.tasks] == [0.0, 0.2, 0.4]
+    assert len({t.name for t in suite.tasks}) == 3 and len(suite.seeds) == 3
+    assert {m.plugin for m in suite.methods} >= {"grid", "tpe", "regsl", "de-elbo",
+                                                 "laplace-marglik", "ntk-marglik"}
