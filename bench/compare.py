@@ -20,12 +20,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from bench.curves import anytime_curves, final_points, mean_at
+from bench.curves import anytime_curves, final_points, mean_at, method_kinds
 from bench.errors import BenchError
 from bench.plots import PALETTE, _save_atomic, plain_number
 from bench.records import write_text
 from bench.rundir import load_run
-from bench.schema import COMPUTE_S, KIND, LEARNED, METHOD, TASK, TEST_ACC
+from bench.schema import COMPUTE_S, LEARNED, METHOD, TASK, TEST_ACC
 
 FRACTIONS = (1 / 16, 1 / 4, 1.0)
 CURVE_FRACTIONS = np.geomspace(1 / 64, 1.0, 25)  # the rank-over-compute figure's x
@@ -69,9 +69,8 @@ def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     loaded = []
     for run_dir in run_dirs:
         trials, info = load_run(run_dir)
-        kinds = trials.groupby(METHOD)[KIND].agg(
-            lambda k: LEARNED if (k == LEARNED).any() else "search").to_dict()
-        loaded.append((Path(run_dir).name, anytime_curves(trials), info.reference, kinds))
+        loaded.append((Path(run_dir).name, anytime_curves(trials), info.reference,
+                       method_kinds(trials)))
     seen: dict[str, int] = {}
     for _, curves, _, _ in loaded:
         for task in set(curves[TASK]):

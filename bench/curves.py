@@ -275,6 +275,12 @@ def final_points(curves: pd.DataFrame) -> pd.DataFrame:
     return _finals(curves).set_index([TASK, METHOD, SEED])[[TEST_ACC, COMPUTE_S, TRIAL_ID]]
 
 
+def method_kinds(trials: pd.DataFrame) -> dict[str, str]:
+    """Each label's kind: "learned" if it has learned runs, else "search"."""
+    return trials.groupby(METHOD)[KIND].agg(
+        lambda k: LEARNED if (k == LEARNED).any() else SEARCH).to_dict()
+
+
 def sweep_best(trials: pd.DataFrame) -> pd.Series:
     """A learned method's best run of its sweep by test accuracy, per (task, method, seed):
     what an oracle that peeks at the test set would pick instead of the method's rule."""

@@ -20,13 +20,14 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.curves import (
-    BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap, sweep_best,
+    BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap,
+    method_kinds, sweep_best,
 )
 from bench.errors import BenchError
 from bench.records import atomic_write
 from bench.rundir import GRID_PLUGIN, default_reference, load_run
 from bench.schema import (
-    COMPUTE_S, KIND, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
+    COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
 )
 from bench.stats import CONFIDENCE, RESAMPLES
 
@@ -34,8 +35,8 @@ DPI = 160
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, grey last
 PANEL = (5.4, 3.7)  # inches per panel
-BAND_LABEL = {"ci": f"{round(100 * CONFIDENCE)}% interval of the mean", "minmax": "lowest to highest seed",
-              "none": ""}
+BAND_LABEL = {"ci": f"{round(100 * CONFIDENCE)}% interval of the mean",
+              "minmax": "lowest to highest seed", "none": ""}
 BAND_TEXT = {
     "ci": f"band: {round(100 * CONFIDENCE)}% bootstrap interval of the mean over seeds "
           f"(percentile, {RESAMPLES} resamples; narrow with few seeds)",
@@ -151,8 +152,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
         raise BenchError(f"plot: no method {unknown[0]!r} in the records; they have: "
                          f"{', '.join(known)}")
     shown = [m for m in known if not methods or m in methods]
-    kinds = trials.groupby(METHOD)[KIND].agg(
-        lambda k: LEARNED if (k == LEARNED).any() else "search").to_dict()
+    kinds = method_kinds(trials)
     curves = anytime_curves(trials)
     agg = aggregate_curves(curves, band="minmax" if band == "none" else band)
     finals = final_points(curves) if not curves.empty else None

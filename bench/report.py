@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bench.curves import (
-    _BASE, _require, anytime_curves, compute_to_target, final_points, sweep_best,
+    _BASE, _require, anytime_curves, compute_to_target, final_points, method_kinds, sweep_best,
 )
 from bench.records import write_text
 from bench.rundir import default_reference, load_run
@@ -64,7 +64,7 @@ def _task_report(task: str, trials: pd.DataFrame, curves: pd.DataFrame,
     lines = [f"## {task}", ""]
     methods = sorted(set(trials[METHOD]))
     counts = trials.groupby([METHOD, STATUS]).size().unstack(fill_value=0)
-    kinds = trials.groupby(METHOD)[KIND].agg(lambda k: LEARNED if (k == LEARNED).any() else "search")
+    kinds = method_kinds(trials)
     if curves.empty:
         return lines + ["No method has a scored point yet.", "",
                         "| method | " + " | ".join(STATUSES) + " |",

@@ -75,7 +75,8 @@ def task_caps(suite_text: str, metadata: dict) -> dict[str, float]:
     for table in raw.get("tasks") or []:
         if not isinstance(table, dict):
             continue
-        name = table.get("name") or f"{table.get('dataset')}-N{table.get('n')}-{table.get('backbone')}"
+        name = (table.get("name")  # else as bench.task.Task names it
+                or f"{table.get('dataset')}-N{table.get('n')}-{table.get('backbone')}")
         cap = table.get("cap_s", budget_cap)
         if isinstance(cap, (int, float)) and not isinstance(cap, bool):
             caps[str(name)] = float(cap)
