@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.curves import (
-    BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap,
+    AGGREGATE_COLUMNS, BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap,
     method_kinds, sweep_best,
 )
 from bench.errors import BenchError
@@ -154,7 +154,8 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     shown = [m for m in known if not methods or m in methods]
     kinds = method_kinds(trials)
     curves = anytime_curves(trials)
-    agg = aggregate_curves(curves, band="minmax" if band == "none" else band)
+    agg = (aggregate_curves(curves, band="minmax" if band == "none" else band) if len(curves)
+           else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored yet: empty panels
     finals = final_points(curves) if not curves.empty else None
     oracle = sweep_best(trials)
     palette = list(PALETTE)

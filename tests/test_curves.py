@@ -296,6 +296,13 @@ def test_plot_options_and_bad_input(tmp_path):
     assert not list(tmp_path.glob("g*"))  # nothing written on bad input
 
 
+def test_plot_and_report_before_any_scored_point(tmp_path):
+    trials = table(search(1, 10, 1.0, ended=1.0, status=s.FAILED),
+                   learned("x", 10, 1.0, 0.5, ended=1.0, status=s.FAILED))
+    assert len(plot_tradeoff(trials, tmp_path / "f")) == 2
+    assert "No method has a scored point yet." in report_markdown(trials)
+
+
 def test_plain_tick_labels():
     assert [plain_number(x) for x in (0.5, 30, 300, 2000, 40000, 1.5e6)] == \
         ["0.5", "30", "300", "2k", "40k", "1.5M"]
