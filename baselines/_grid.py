@@ -2,7 +2,13 @@
 
 ``select_by`` names what picks the incumbent: ``"val_nll"`` (validation NLL, the default)
 or ``"clml"`` (the highest conditional log marginal likelihood, a validation-free rule;
-only replays of records that carry it: ``published:cifar10-convnext-clml``)."""
+only replays of records that carry it: ``published:cifar10-convnext-clml``).
+
+``report_validation = true`` evaluates every trial on its validation split at each epoch
+and records it (reports.parquet), so that pruning methods can later be replayed on the
+grid's own records (``bench replay``) at no training cost; it never changes what the grid
+picks. ``retrain_all = true`` retrains every configuration, so any search method replayed
+on the grid finds its incumbents' test accuracy."""
 
 from __future__ import annotations
 
@@ -21,15 +27,18 @@ class GridSearch(Method):
     name = "grid"
 
     def __init__(self, max_trials: int | None = None, retrain_all: bool = False,
-                 select_by: str = "val_nll") -> None:
+                 select_by: str = "val_nll", report_validation: bool = False) -> None:
         self.max_trials = max_trials
         self.retrain_all = retrain_all
         self.select_by = select_by
+        self.report_validation = report_validation
+        self.reports_validation = report_validation  # the contract's flag, per instance
 
     def start(self, context: Context) -> None:
         if self.max_trials is not None:
             require_int("max_trials", self.max_trials, 1)
         require_bool("retrain_all", self.retrain_all)
+        require_bool("report_validation", self.report_validation)
         if self.select_by not in SELECTION_RULES:
             raise BenchError(f"select_by must be one of {', '.join(SELECTION_RULES)}, "
                              f"got {self.select_by!r}")

