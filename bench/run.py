@@ -14,6 +14,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from bench import ray_processes
 from bench import schema as S
 from bench.errors import BenchError
 from bench.faults import ENV, faults_from_env
@@ -247,6 +248,9 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
         check_resources(suite, ray.cluster_resources())
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out)
+        reaped = ray_processes.reap(out)  # the Ray a killed driver here left behind
+        if not address:
+            ray_processes.record(out, temp_dir)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if resume:
             metadata.setdefault("resumed", []).append(
@@ -263,6 +267,9 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
                 metadata["injected_faults"] = os.environ[ENV]
         write_json(out / S.METADATA_FILE, metadata)
         show = Progress(suite, progress)
+        if reaped["stopped"] or reaped["removed"]:
+            show.say(f"cleaned up after the killed driver: {len(reaped['stopped'])} Ray "
+                     f"processes stopped, {reaped['removed'] or 'no directory'} removed")
         plans = [(task, seed, spec) for task in suite.tasks for seed in suite.seeds
                  for spec in suite.methods]
         threads = max(1, int(suite.budget.cpus_per_worker))
@@ -288,6 +295,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
 
         def done(campaign) -> None:  # reports after every campaign; the journal every event
             show.done(campaign)
+            if not address:  # workers Ray started since
+                ray_processes.record(out, temp_dir)
             write_trials()
             write_table(out / S.REPORTS_FILE,
                         frame([r for c in started for r in c.reports], S.REPORT_COLUMNS))
@@ -309,12 +318,13 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     finally:
         if journal is not None:
             journal.close()
-        if lock is not None:
-            lock.release()
-            Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if lock is not None:  # under the lock: the next driver must not see our record
+            ray_processes.forget(out)
+            lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
     return out
 
 

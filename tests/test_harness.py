@@ -302,3 +302,45 @@ def test_a_stopped_trial_keeps_what_it_measured(cap_s, status):
     assert row[S.VAL_NLL] == 1.25 and row[S.VAL_ACC] == 0.5 and row.get(S.TEST_ACC) is None
     assert campaign.best is None  # a stopped trial is never the incumbent
     assert json.loads(campaign.reports[0][S.METRICS] or "{}") == {}  # timings stay out
+
+
+@pytest.mark.ray
+def test_the_next_driver_cleans_up_the_ray_a_killed_driver_left(tmp_path):
+    """After SIGKILL the driver's Ray (GCS, raylet, workers) lives on and its temporary
+    directory stays; --resume stops those processes by their recorded ids and removes it."""
+    import os
+    import signal
+    import time
+
+    from bench import ray_processes
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(BASE.replace("trials = 1", "trials = 3") + "[budget]\nworkers = 1\n")
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out",
+                                 str(out), "--quiet"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (
+                (out / S.JOURNAL_FILE).exists()
+                and '"complete"' in (out / S.JOURNAL_FILE).read_text()):
+            time.sleep(0.5)
+        record = json.loads((out / S.RAY_FILE).read_text())
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the driver this test started
+        proc.wait()
+
+    def alive() -> list[int]:
+        return [p["pid"] for p in record["processes"]
+                if (ray_processes._stat(p["pid"]) or (0, -1))[1] == p["start"]]
+
+    assert record["driver_pid"] == proc.pid and len(record["processes"]) >= 2
+    left = alive()
+    assert left and Path(record["temp_dir"]).is_dir()  # what issue 16 saw
+    below = [d for pid in left for d in ray_processes.descendants(pid)]
+    assert main(["run", str(suite), "--resume", str(out), "--quiet"]) == 0
+    assert alive() == [] and not Path(record["temp_dir"]).exists()
+    assert not any(ray_processes._stat(pid) for pid in below)  # workers under the raylet
+    assert not (out / S.RAY_FILE).exists()
+    assert os.getpid() not in left
