@@ -16,7 +16,7 @@ from bench.campaign import Campaign, CampaignQueue, run_inline
 from bench.cli import main
 from bench.curves import anytime_curves
 from bench.method import FINISHED, Method
-from bench.published import RECORD_SETS
+from bench.published import RECORD_SETS, published_bo
 from bench.records import frame
 from bench.replay import Recorded, RecordedTask, SimulatedClock, parse_replay_suite, \
     run_replay, simulate
@@ -200,6 +200,17 @@ def test_a_live_campaign_trains_a_configuration_once():
     assert again[S.WALL_S] == 0 and again[S.RESOURCE_S] == 0
     assert again[S.VAL_NLL] == first[S.VAL_NLL] and again[S.CONFIG] == first[S.CONFIG]
     assert json.loads(again[S.INFO])["repeat_of"] == first[S.TRIAL_ID]
+
+
+@pytest.mark.parametrize("name", [n for n, r in RECORD_SETS.items() if r.bo])
+def test_every_bo_trace_scores_only_what_it_retrained(name):
+    bo = published_bo(name)
+    retrains = bo[bo[S.KIND] == S.RETRAIN]
+    assert retrains[S.TEST_ACC].between(0, 1, inclusive="neither").all()
+    assert retrains[S.TEST_NLL].map(math.isfinite).all()
+    curves = anytime_curves(bo)
+    # every trace of every N and seed has a scored incumbent from some iteration on
+    assert len(curves.groupby([S.TASK, S.SEED])) == len(bo.groupby([S.TASK, S.SEED]))
 
 
 # -- bench list records
