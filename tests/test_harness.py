@@ -121,8 +121,8 @@ BAD_SUITES = [
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\ncap_s = -1\n",
      "task cap_s must be a number > 0"),
     ("seeds = []\n", "seeds must be a non-empty list"),
-    ("[budget]\ngpus_per_worker = 0.25\n", "no GPU"),
-    ("[budget]\nworkers = 64\n", "Ray cluster has 2"),
+    pytest.param("[budget]\ngpus_per_worker = 0.25\n", "no GPU", marks=pytest.mark.ray),
+    pytest.param("[budget]\nworkers = 64\n", "Ray cluster has 2", marks=pytest.mark.ray),
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nimage_size = 2\n",
      "small-cnn needs image_size >= "),
     ("[[tasks]]\ndataset = 'digits'\nn = 10\nbackbone = 'small-cnn'\nsteps = 5000\n"
