@@ -40,7 +40,8 @@ class LearningCurves:
         ordered = reports.sort_values(S.STEP, kind="stable")
         for row in ordered.to_dict("records"):
             key = (row[S.TASK], int(row[S.SEED]), row[S.METHOD], row[S.TRIAL_ID])
-            metrics = {k: v for k in REPORTED if (v := _number(row.get(k))) is not None}
+            metrics = {k: v for k in (S.EPOCH, *REPORTED)
+                       if (v := _number(row.get(k))) is not None}
             self.curves.setdefault(key, []).append({S.STEP: int(row[S.STEP]), **metrics})
 
     def of(self, run: dict) -> list[dict]:

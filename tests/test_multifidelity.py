@@ -280,3 +280,4 @@ def test_a_harness_run_directory_replays_with_tpe_prune_pruning(tmp_path):
     # the replayed reports are the recorded ones: per-epoch steps with validation NLL
     seen = reports[reports[S.TRIAL_ID].isin(pruned)]
     assert seen[S.VAL_NLL].notna().all() and set(seen[S.STEP]) <= {3, 6, 9, 12}
+    assert (seen[S.EPOCH] == seen[S.STEP] / 3).all()
