@@ -124,6 +124,9 @@ def run_status(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
                      else "cut short")
             rows.append(_campaign_row(idx, name, mine, suggested.get(idx, set()), state, caps,
                                       default_cap))
+        for idx in range(len(plan)):  # the plan's campaigns not started yet
+            if idx not in started and not facts["finished"]:
+                rows.append(_campaign_row(idx, plan[idx], [], set(), "waiting", caps, default_cap))
     else:
         trials = read_trials(run_dir)
         groups = trials.groupby([S.TASK, S.METHOD, S.SEED], sort=False)
@@ -145,8 +148,9 @@ def format_status(table: pd.DataFrame, facts: dict) -> str:
     else:
         state = "stopped: no driver holds it (resume with bench run SUITE --resume DIR)"
     done = int((table["state"] == "done").sum())
+    begun = int(table["state"].isin(["running", "cut short"]).sum())
     lines = [f"{facts['suite']}: {state}; {done} of {facts['campaigns'] or len(table)} "
-             f"campaigns done, {len(table) - done} started and not done"
+             f"campaigns done, {begun} started and not done"
              + (f"; journal at {facts['suite_s']:,.0f} s of suite time" if "suite_s" in facts
                 else ""),
              f"compute in {facts['unit']}; trials: tuning trials finished (retrains apart); "

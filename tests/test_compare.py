@@ -171,6 +171,9 @@ def test_status_of_a_killed_run(tmp_path, capsys):
     second = table.iloc[1]  # named from the suite's plan: task 1, seed 0, method 2
     assert (second[s.METHOD], second["trials"], second["running"], second["incumbent"]) == \
         ("de-elbo", 0, 1, "-")
+    assert list(table["state"].iloc[2:]) == ["waiting", "waiting"]  # the plan's other two
+    assert list(table[s.TASK].iloc[2:]) == ["second", "second"]
+    assert list(table["cap_s"].iloc[2:]) == [40, 40]  # the task's own cap
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     assert "stopped: no driver holds it" in out and "0 of 4 campaigns done" in out
@@ -182,7 +185,7 @@ def test_status_while_running_and_when_finished(tmp_path):
     lock = FileLock(run / s.LOCK_FILE)
     with lock:
         table, facts = run_status(run)
-        assert facts["alive"] and set(table["state"]) == {"running"}
+        assert facts["alive"] and list(table["state"]) == ["running"] * 2 + ["waiting"] * 2
         assert "running (a driver holds the run)" in format_status(table, facts)
     assert not run_status(run)[1]["alive"]  # the lock released: a dead driver's state
     done = journal_dir(tmp_path, finished=True, name="done")
