@@ -141,6 +141,9 @@ def _cmd_benchmark(args) -> int:
     if args.what == "loop":
         benchmarks.loop_benchmark(steps=args.steps, batch_size=args.batch_size,
                                   repeats=args.repeats)
+    elif args.what == "prefix":
+        benchmarks.prefix_benchmark(steps=args.steps, batch_size=args.batch_size,
+                                    repeats=args.repeats)
     elif args.what == "ntk":
         from methods._ntk import ntk_scaling_benchmark
 
@@ -335,14 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead")
-    p.add_argument("what", choices=["loop", "harness", "ntk"], nargs="?", default="loop",
+    p.add_argument("what", choices=["loop", "harness", "ntk", "prefix"], nargs="?",
+                   default="loop",
                    help="loop: harness vs bare PyTorch img/s; harness: a suite's overhead "
                         "share and throughput per pool size; ntk: one NTK-bound hyper-step "
-                        "vs one full-data Laplace hyper-step as N grows")
-    p.add_argument("--steps", type=int, default=30, help="loop: timed steps per measurement")
-    p.add_argument("--batch-size", type=int, default=32, help="loop: batch size")
+                        "vs one full-data Laplace hyper-step as N grows; prefix: "
+                        "EfficientNet-Lite0 step time, whole network vs its top blocks on "
+                        "cached prefix outputs (trainable_blocks)")
+    p.add_argument("--steps", type=int, default=30,
+                   help="loop, prefix: timed steps per measurement")
+    p.add_argument("--batch-size", type=int, default=32, help="loop, prefix: batch size")
     p.add_argument("--repeats", type=int, default=3,
-                   help="loop: alternating runs, best kept; ntk: timings, median kept")
+                   help="loop, prefix: runs, best kept; ntk: timings, median kept")
     p.add_argument("--suite", default="suites/overhead.toml", help="harness: the suite to time")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
