@@ -116,7 +116,7 @@ def _learned_marks(ax, finals: pd.DataFrame, oracle: pd.Series, methods, colors)
 def _legend(fig, colors: dict, kinds: dict, seeds: dict, extras: dict) -> None:
     handles = [Line2D([], [], color=colors[m], lw=1.8,
                       label=f"{m} ({'learned, ' if kinds.get(m) == LEARNED else ''}"
-                            f"{seeds.get(m, 0)} seeds)")
+                            f"{seeds.get(m, 0)} seed{'' if seeds.get(m) == 1 else 's'})")
                for m in colors]
     handles += [Line2D([], [], color="grey", lw=1.8, label="mean over all seeds"),
                 Line2D([], [], color="grey", lw=0.9, ls=(0, (3, 2)),
