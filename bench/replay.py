@@ -420,6 +420,7 @@ def run_replay(suite: ReplaySuite, out: Path, progress: bool = True) -> Path:
     write_json(out / S.METADATA_FILE, {
         **(COMPUTE_UNIT if suite.records.startswith(PREFIX) else {}),
         "suite": suite.name, "backend": "replay", "records": suite.records,
+        S.REFERENCE: next((m.label for m in suite.methods if m.plugin == "grid"), None),
         "command": " ".join(sys.argv), "versions": _versions(), "machine": _machine(),
         "budget": vars(suite.budget), "seeds": list(suite.seeds),
         "simulated_s": clock.now, "replay_wall_s": time.perf_counter() - started})
