@@ -147,7 +147,7 @@ def report_markdown(trials: pd.DataFrame, reference: str | None = None,
         "Test accuracy: class-balanced, of each seed's final pick (search: the incumbent by "
         "validation NLL, retrained on all N; learned: the run of the sweep with the lowest "
         f"objective); mean over seeds with a {pct}% bootstrap interval over seeds (percentile, "
-        f"{RESAMPLES} resamples; with 3 seeds it is too narrow rather than too wide). "
+        f"{RESAMPLES} resamples; with few seeds it is too narrow rather than too wide). "
         "Δ: the paired difference from the reference on each seed both ran (a seed fixes "
         f"the data subset), mean and {pct}% interval, in percentage points; Wilcoxon "
         f"signed-rank p from {WILCOXON_MIN_PAIRS} pairs on (fewer pairs cannot reach "
