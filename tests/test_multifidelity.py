@@ -253,6 +253,7 @@ def test_gp_bo_replays_only_recorded_configurations(tmp_path):
 # ------------------------------------------------- a harness run directory, replayed
 
 
+@pytest.mark.ray
 def test_a_harness_run_directory_replays_with_tpe_prune_pruning(tmp_path):
     task = Task("digits", 60, "small-cnn", image_size=8, steps=12, batch_size=16,
                 test_limit=90, name="digits-tiny",
