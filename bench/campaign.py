@@ -222,9 +222,11 @@ class Campaign:
         own = self._own(trial_id)
         kind, _, _ = self.kinds[own]
         metrics = {k: result[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in result}
-        # everything else a method reported (learned hyperparameters, marginal likelihoods)
-        extra = {k: v for k, v in result.items()
-                 if k not in metrics and k not in S.REPORT_ENVELOPE and _is_number(v)}
+        # everything else the method reported (learned hyperparameters, marginal
+        # likelihoods), by its own keys: Ray adds fields of its own (pid, timestamp, ...)
+        keys = result.get(S.REPORTED) or [k for k in result if k not in S.REPORT_ENVELOPE]
+        extra = {k: result[k] for k in keys
+                 if k not in metrics and k not in S.REPORT_ENVELOPE and _is_number(result[k])}
         report = {S.STEP: result[S.STEP], S.EPOCH: result.get(S.EPOCH), **metrics,
                   S.METRICS: json.dumps(extra, sort_keys=True) if extra else None}
         self.reports.append(self._report_row(own, report))

@@ -74,7 +74,7 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
             # (pruned, over budget) sends no final record
             measured = {S.STEPS_DONE: step, S.FIT_S: time.perf_counter() - fit_started}
             return bool(emit({"phase": "epoch", S.STEP: step, S.NODE: final[S.NODE],
-                              **measured, **metrics}))
+                              **measured, **metrics, S.REPORTED: sorted(metrics)}))
 
         fitted = spec.method.fit(fit_data, hp, report)
         eval_started = time.perf_counter()

@@ -47,6 +47,9 @@ class LearnedMethod(Method):
                 f"{self.name} learns a Gaussian prior ({' or '.join(self.models)}) but task "
                 f"{context.task.name} regularizes with {family!r}; use one of those, or set "
                 f"allow_regularizer_mismatch = true if comparing them is intended")
+        if getattr(context.task, "self_labeling", None) is not None:
+            raise BenchError(f"{self.name} does not train with self-labeling, which task "
+                             f"{context.task.name} sets; run it on the task without it")
         self.check_options()
         super().start(context)
         self.pending_ = [float(lr) for lr in self.lrs]
