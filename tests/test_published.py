@@ -17,7 +17,8 @@ from bench.cli import main
 from bench.curves import anytime_curves
 from bench.method import FINISHED, Method
 from bench.published import RECORD_SETS, published_bo
-from bench.records import frame
+from bench.journal import AT, Journal, read_journal
+from bench.records import comparable, frame
 from bench.replay import Recorded, RecordedTask, SimulatedClock, parse_replay_suite, \
     run_replay, simulate
 from bench.suite import Budget
@@ -188,6 +189,39 @@ def test_a_repeat_waits_for_its_earlier_run_and_costs_nothing(workers):
     assert [r.trial_id for r in method.heard_] == [f"t{j:04d}" for j in range(len(order))]
     assert heard["t0001"].status == S.OK and heard["t0001"].score == heard["t0000"].score
     assert heard["t0005"].score == RUNS[0.01][1]
+
+
+def _toy_queue(tmp_path, workers: int, order):
+    recorded, clock, finished = Recorded(_toy_records()), SimulatedClock(), []
+    journal = Journal(tmp_path / S.JOURNAL_FILE, clock)
+    task = RecordedTask(TASK, recorded.space(TASK))
+    queue = CampaignQueue([lambda: Campaign(
+        "test", task, "listed", Listed([{"lr": lr} for lr in order]), 0,
+        Budget(workers=workers, cap_s=1e9), 0.0, clock=clock, discrete=True)],
+        on_done=finished.append, log=journal)
+    return queue, recorded, clock, finished, journal
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resuming_a_campaign_with_repeats_from_any_prefix_of_its_journal(tmp_path, workers):
+    order = [0.1, 0.1, 0.01, 0.1, 0.001, 0.01]
+    queue, recorded, clock, finished, journal = _toy_queue(tmp_path, workers, order)
+    simulate(queue, recorded, workers, clock)
+    journal.close()
+    whole = comparable(frame(finished[0].rows, S.TRIAL_COLUMNS))
+    assert (whole[S.STATUS] == S.REPEAT).sum() == 3
+    events, _ = read_journal(tmp_path / S.JOURNAL_FILE)
+    for cut in range(1, len(events)):
+        (tmp_path / str(cut)).mkdir()
+        queue, recorded, clock, finished, journal = _toy_queue(tmp_path / str(cut), workers,
+                                                               order)
+        queue.resume(events[:cut])
+        clock.now = events[cut - 1][AT]
+        simulate(queue, recorded, workers, clock)
+        journal.close()
+        assert queue.finished, cut
+        pd.testing.assert_frame_equal(comparable(frame(finished[0].rows, S.TRIAL_COLUMNS)),
+                                      whole, obj=f"cut at event {cut}")
 
 
 def test_a_live_campaign_trains_a_configuration_once():
