@@ -309,3 +309,13 @@ def test_the_published_suite_covers_every_grid_n_and_seed_at_its_full_grid_cost(
         cost = tuned[tuned["n"] == int(n)].groupby("random_state")["runtime"].sum().max()
         assert cost <= task.cap_s < cost + 100
     assert math.isclose(suite.budget.cpus_per_worker, 1)
+
+
+def test_clml_selection_in_a_live_suite_exits_2(tmp_path, capsys):
+    live = ('name = "live"\n[[tasks]]\ndataset = "digits"\nn = 60\nbackbone = "small-cnn"\n'
+            'image_size = 8\nbatch_size = 16\n[methods.grid]\nselect_by = "clml"\n')
+    (tmp_path / "live.toml").write_text(live)
+    assert main(["run", str(tmp_path / "live.toml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert 'select_by = "clml" needs recorded CLML' in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
