@@ -57,10 +57,9 @@ def _cmd_list(args) -> int:
               f"{'configs':8} {'GPU-h':>6}  extra")
         for name in RECORD_SETS:
             s = summary(name)
-            counts = {f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in s["configurations"].values()}
-            configs = (counts.pop() if len(counts) == 1 else
-                       " ".join(f"{lo}-{hi}" if lo < hi else f"{lo}"
-                                for lo, hi in s["configurations"].values()))
+            per_n = [f"{lo}" if lo == hi else f"{lo}-{hi}"
+                     for lo, hi in s["configurations"].values()]
+            configs = per_n[0] if len(set(per_n)) == 1 else " ".join(per_n)
             extra = ", ".join(x for x, has in (("BO trace", s["bo"]), ("CLML", s["clml"])) if has)
             print(f"{s['name']:32} {s['dataset']:16} {s['model']:14} "
                   f"{' '.join(map(str, s['ns'])):25} {' '.join(map(str, s['seeds'])):15} "
