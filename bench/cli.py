@@ -154,6 +154,21 @@ def _cmd_benchmark(args) -> int:
     return 0
 
 
+def _method_bug(err: BaseException) -> int:
+    """A method's hook raised (``MethodHookError``, maybe wrapped by Ray Tune): say which
+    method and hook, with the traceback, and exit 1; any other error is re-raised."""
+    from bench.campaign import MethodHookError
+
+    cause, seen = err, set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, MethodHookError):
+            print(f"bench: {cause}\n{cause.trace}", end="", file=sys.stderr)
+            return 1
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    raise err
+
+
 def _cmd_run(args) -> int:
     from bench.run import RunStopped, run_suite, summarize
     from bench.suite import load_suite
@@ -172,6 +187,8 @@ def _cmd_run(args) -> int:
     except RunStopped as err:
         print(f"bench: {err}; {again}", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
+        return _method_bug(err)
     paths, report = summarize(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
@@ -195,7 +212,10 @@ def _cmd_replay(args) -> int:
 
         require_run_name(f"{args.suite}: name", suite.name)
     out = Path(args.out or Path("runs") / suite.name)
-    run_replay(suite, out, progress=not args.quiet)
+    try:
+        run_replay(suite, out, progress=not args.quiet)
+    except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
+        return _method_bug(err)
     paths, report = summarize(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
@@ -250,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a suite on Ray; write records, plot and report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status: 0 done; 2 bad input (nothing written); 130 interrupted by Ctrl-C "
-               "and 1 stopped\nearly by Ray (both resumable with --resume DIR).\n"
+               "and 1 stopped\nearly by Ray (both resumable with --resume DIR); 1 also when a method's own "
+               "hook raised\n(its traceback is printed).\n"
                "BENCH_FAULTS=CAMPAIGN:TRIAL=FAULT,... injects faults (raise, nan, oom, die) "
                "into trials,\nto test that a suite survives them (see README, Reliability).")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
