@@ -42,7 +42,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 
 # {tmp}: an empty directory; {suite}: a good one-task suite in it; {bad_resume}: a run
-# directory whose suite.toml is malformed; {suite_deep}: a replay suite nested too deeply
+# directory whose suite.toml is malformed; {suite_deep}: a replay suite nested too deeply;
+# {replay_escape}: a replay suite whose name would put its default run directory outside
 RUN_BAD = [
     (["run", "{suite}", "--out", "{tmp}/out", "--address", "127.0.0.1:1"],
      "--address 127.0.0.1:1: no Ray cluster answers there within 5 s"),
@@ -53,6 +54,7 @@ RUN_BAD = [
     (["run", "{suite}", "--out", "/proc/bench-x"],
      "output /proc/bench-x is not writable: cannot create a file in /proc"),
     (["replay", "{suite_deep}", "--out", "{tmp}/out"], "malformed TOML: nested too deeply"),
+    (["replay", "{replay_escape}"], "name must be a string of letters, digits"),  # ../x
     (["run", "{suite}", "--out", "{tmp}/out", "--out", "{tmp}/out2", "--resume", "{tmp}"],
      "give --out or --resume, not both"),
 ]
@@ -73,13 +75,16 @@ trials = 1
 def test_bad_run_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     (tmp_path / "ok.toml").write_text(SUITE)
     (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "\n")
+    (tmp_path / "escape.toml").write_text(
+        'name = "../escaped"\nrecords = "published:cifar10-resnet50"\nseeds = [1001]\n'
+        '[[tasks]]\nname = "cifar10-resnet50-N100"\n[methods.random]\ntrials = 2\n')
     bad_resume = tmp_path / "stopped"
     bad_resume.mkdir()
     (bad_resume / "journal.jsonl").write_text("")
     (bad_resume / "suite.toml").write_text("name = [\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     fill = {"tmp": tmp_path, "suite": tmp_path / "ok.toml", "bad_resume": bad_resume,
-            "suite_deep": tmp_path / "deep.toml"}
+            "suite_deep": tmp_path / "deep.toml", "replay_escape": tmp_path / "escape.toml"}
     assert main([a.format(**fill) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message.format(**fill) in err and err.count("\n") == 1, err
