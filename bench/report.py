@@ -168,8 +168,14 @@ def report_markdown(trials: pd.DataFrame, reference: str | None = None,
 def report_run(run_dir: str | Path, write: bool = True) -> str:
     """The report of a run directory (its reference and unit from its metadata), written
     to its report.md unless ``write`` is False."""
+    from bench.convergence import convergence_markdown
+    from bench.records import read_reports
+
     trials, info = load_run(run_dir)
     text = report_markdown(trials, info.reference, info.unit)
+    convergence = convergence_markdown(read_reports(run_dir), trials)
+    if convergence:
+        text += "\n\n" + convergence
     if write:
         write_text(Path(run_dir) / REPORT_FILE, text + "\n")
     return text

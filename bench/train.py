@@ -62,7 +62,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation during training: ``metrics[split] = {"acc": ..., "nll": ...}``;
-    ``fields`` holds the hooks' per-epoch values since the previous evaluation."""
+    ``train_loss`` is the last step's loss (data term plus penalties); ``fields`` holds
+    ``train_nll`` (the mean data term over the last epoch) and the hooks' per-epoch values
+    since the previous evaluation."""
 
     step: int
     epoch: float
@@ -252,6 +254,7 @@ def fine_tune(
 
     reports: list[Evaluation] = []
     fields: dict[str, Any] = {}
+    epoch_nll, epoch_steps = 0.0, 0
     stopped = False
     while loop.step < config.steps and not stopped:
         started = time.perf_counter()
@@ -273,6 +276,7 @@ def fine_tune(
             loss = losses.mean() if loss is None else loss
         else:  # the common case, kept as one fused call
             loss = F.cross_entropy(logits, yb)
+        data_loss = loss.detach()
         for hook in hooks:
             penalty = hook.penalty(loop)
             if penalty is not None:
@@ -287,7 +291,12 @@ def fine_tune(
         if not math.isfinite(loop.loss):
             timer.train_s += time.perf_counter() - started
             raise TrainingDiverged(f"training loss is {loop.loss} at step {loop.step}")
+        epoch_nll += float(data_loss)
+        epoch_steps += 1
         if loop.step % steps_per_epoch == 0 or last:
+            # the data term alone (a penalty may jump when a prior is re-estimated)
+            fields["train_nll"] = epoch_nll / epoch_steps
+            epoch_nll, epoch_steps = 0.0, 0
             for hook in hooks:
                 fields |= hook.on_epoch_end(loop)
         timer.train_s += time.perf_counter() - started
