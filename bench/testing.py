@@ -288,7 +288,9 @@ def check_survives_a_failed_trial(cls, options, cap_s) -> None:
     tuning = run.tuning()
     assert tuning, "the method suggested no trial"
     assert tuning[0][S.STATUS] == S.FAILED, "the injected failure was not recorded as failed"
-    assert len(tuning) > 1 or run.campaign.method_done, "the method stopped after a failed trial"
+    capped = run.campaign.spent_s >= run.campaign.cap_s  # the cap ended it, not the method
+    assert len(tuning) > 1 or run.campaign.method_done or capped, \
+        "the method stopped after a failed trial"
 
 
 def check_some_trials_succeed(cls, options, cap_s) -> None:
@@ -297,6 +299,10 @@ def check_some_trials_succeed(cls, options, cap_s) -> None:
     run = _live_run(cls, options, cap_s)
     _finished(run)
     tuning = run.tuning()
+    if not any(r[S.STATUS] == S.OK for r in tuning) and run.campaign.spent_s >= cap_s and \
+            all(r[S.STATUS] == S.OVER_BUDGET for r in tuning[1:]):
+        raise AssertionError(f"the cap ({cap_s:g} s) was spent before any trial could end: "
+                             "run check_method with a larger cap_s")
     assert any(r[S.STATUS] == S.OK for r in tuning), _all_failed(tuning)
 
 
