@@ -262,7 +262,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
                         "versions": _versions(), "machine": _machine(),
                         "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
                         "ray_address": address or "local", "ray_start_s": ray_start_s,
-                        "started": stamp, S.REFERENCE: suite.reference}
+                        "started": stamp, S.REFERENCE: suite.reference,
+                        "tasks": [task.name for task in suite.tasks]}
             if faults:  # this run's failures were made on purpose
                 metadata["injected_faults"] = os.environ[ENV]
         write_json(out / S.METADATA_FILE, metadata)

@@ -23,17 +23,32 @@ STATUS_COLUMNS = ["campaign", S.TASK, S.METHOD, S.SEED, "state", "trials", "retr
                   "running", "spent_s", "cap_s", "incumbent"]
 
 
-def _plan(suite_text: str) -> list[tuple[str, str, int]]:
+def _plan(suite_text: str, names: list[str] | None = None) -> list[tuple[str, str, int]]:
     """The suite's campaigns in the order the driver starts them (tasks, seeds, methods);
-    task names as ``bench.task.Task`` gives them."""
+    task names as the run's metadata records them, else as ``bench.task.Task`` gives them."""
     try:
         raw = tomllib.loads(suite_text)
     except tomllib.TOMLDecodeError:
         return []
-    tasks = [t.get("name") or f"{t.get('dataset')}-N{t.get('n')}-{t.get('backbone')}"
-             for t in raw.get("tasks") or [] if isinstance(t, dict)]
+    tasks = [t.get("name") or _default_name(t) for t in raw.get("tasks") or []
+             if isinstance(t, dict)]
+    if names and len(names) == len(tasks):
+        tasks = list(names)
     return [(task, label, seed) for task in tasks for seed in raw.get("seeds", [0])
             for label in raw.get("methods") or {}]
+
+
+def _default_name(task: dict) -> str:
+    """``bench.task.Task``'s default name, without importing it (it imports torch); a
+    run's metadata.json names its tasks since this rule grew."""
+    top = task.get("trainable_blocks")
+    noise = task.get("label_noise")
+    tag = ""
+    if isinstance(noise, dict):
+        kind = {"symmetric": "sym", "pairflip": "pair"}.get(noise.get("kind"), "")
+        tag = f"-{kind}{float(noise.get('rate', 0)) * 100:g}"
+    return (f"{task.get('dataset')}-N{task.get('n')}-{task.get('backbone')}"
+            + (f"-top{top}" if top is not None else "") + tag)
 
 
 def driver_alive(run_dir: Path) -> bool:
@@ -95,7 +110,7 @@ def run_status(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         suite_text = (run_dir / S.SUITE_FILE).read_text()
     except OSError:
         suite_text = ""
-    plan, caps = _plan(suite_text), task_caps(suite_text, metadata)
+    plan, caps = _plan(suite_text, metadata.get("tasks")), task_caps(suite_text, metadata)
     default_cap = metadata.get("budget", {}).get("cap_s")
     facts = {"suite": metadata.get("suite", run_dir.name), "finished": "ended" in metadata
              or (not journal.is_file()), "alive": driver_alive(run_dir), "campaigns": len(plan)}
