@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import tempfile
@@ -75,8 +76,8 @@ def record(out: Path, temp_dir: str) -> None:
     pids += [child for pid in pids for child in descendants(pid)]
     processes = [{"pid": pid, "start": stat[1]} for pid in dict.fromkeys(pids)
                  if (stat := _stat(pid)) is not None]
-    write_json(out / S.RAY_FILE, {"driver_pid": os.getpid(), "temp_dir": temp_dir,
-                                  "processes": processes})
+    write_json(out / S.RAY_FILE, {"host": platform.node(), "driver_pid": os.getpid(),
+                                  "temp_dir": temp_dir, "processes": processes})
 
 
 def forget(out: Path) -> None:
@@ -95,6 +96,9 @@ def reap(out: Path, grace_s: float = 3.0) -> dict:
     except FileNotFoundError:
         return {"stopped": [], "removed": None}
     except (OSError, ValueError, TypeError, KeyError):  # torn or foreign: only drop it
+        path.unlink(missing_ok=True)
+        return {"stopped": [], "removed": None}
+    if recorded.get("host") != platform.node():  # ids of another machine name nothing here
         path.unlink(missing_ok=True)
         return {"stopped": [], "removed": None}
     alive = [pid for pid, start in processes if (_stat(pid) or (0, -1))[1] == start]

@@ -344,3 +344,33 @@ def test_the_next_driver_cleans_up_the_ray_a_killed_driver_left(tmp_path):
     assert not any(ray_processes._stat(pid) for pid in below)  # workers under the raylet
     assert not (out / S.RAY_FILE).exists()
     assert os.getpid() not in left
+
+
+def test_reap_stops_only_recorded_processes_of_this_host(tmp_path):
+    """A process is stopped only if its id and kernel start time match the record (a
+    reused id is spared), and a record made on another machine stops nothing."""
+    import platform
+    import tempfile
+
+    from bench import ray_processes
+
+    proc = subprocess.Popen(["sleep", "300"])  # stands in for a dead driver's raylet
+    try:
+        start = ray_processes._stat(proc.pid)[1]
+        temp = Path(tempfile.mkdtemp(prefix=ray_processes.TEMP_PREFIX))
+
+        def reap(host: str, started: int) -> dict:
+            (tmp_path / S.RAY_FILE).write_text(json.dumps(
+                {"host": host, "driver_pid": 1, "temp_dir": str(temp),
+                 "processes": [{"pid": proc.pid, "start": started}]}))
+            return ray_processes.reap(tmp_path)
+
+        assert reap("another-machine", start) == {"stopped": [], "removed": None}
+        assert temp.is_dir() and proc.poll() is None
+        assert reap(platform.node(), start + 1)["stopped"] == []  # the id was reused
+        assert proc.poll() is None and not temp.exists()
+        assert reap(platform.node(), start)["stopped"] == [proc.pid]
+        assert proc.wait(timeout=10) == -15 and not (tmp_path / S.RAY_FILE).exists()
+    finally:
+        proc.kill()
+        proc.wait()
