@@ -192,9 +192,7 @@ class Campaign:
         if earlier is None:
             return True
         if earlier[S.STATUS] not in (S.OK, S.PRUNED):
-            del self.repeat_of[own]
-            kind, hp, _ = self.kinds[own]
-            self.first_run[f"{kind} {json.dumps(hp, sort_keys=True)}"] = own
+            self._runs_again(own)
             return False
         now = self.clock() - self.clock0
         info = json.loads(earlier[S.INFO]) if isinstance(earlier.get(S.INFO), str) else {}
@@ -205,6 +203,12 @@ class Campaign:
         self._log({"event": "complete", "trial": own, "row": row})
         self._finish(row)
         return True
+
+    def _runs_again(self, own: str) -> None:
+        """``own`` repeats a run that found nothing: it runs, and answers later repeats."""
+        del self.repeat_of[own]
+        kind, hp, _ = self.kinds[own]
+        self.first_run[f"{kind} {json.dumps(hp, sort_keys=True)}"] = own
 
     def _stalled(self):
         self.method_done = True  # waiting on nothing would spin forever
@@ -299,6 +303,8 @@ class Campaign:
         if row[S.KIND] != S.RETRAIN:
             self.spent_s += row[S.RESOURCE_S]
             self.finished[row[S.TRIAL_ID]] = row
+            if row[S.STATUS] != S.REPEAT and row[S.TRIAL_ID] in self.repeat_of:
+                self._runs_again(row[S.TRIAL_ID])  # a journal being replayed: it ran
             self._follow_incumbent()
             if notify:  # repeats held for this run (a journal being replayed has their rows)
                 for own in [o for o, e in self.repeat_of.items()
