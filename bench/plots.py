@@ -1,4 +1,4 @@
-"""The accuracy-vs-compute trade-off figure of a run (METHODS.md section 4).
+"""The accuracy-vs-compute trade-off figure of a run (docs/methods.md#anytime-curves).
 
 One row per task; search methods and learned methods in two panels side by side (the
 reference drawn in both), the same colour for a method everywhere, the legend and a caption
