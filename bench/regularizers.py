@@ -2,7 +2,7 @@
 applied after every optimiser step, with their hyperparameters' default search ranges.
 
 Each family is a frozen dataclass whose fields are its hyperparameters; ``space`` lists
-them as :class:`~bench.space.Param`. Formulas are those of METHODS.md section 1.
+them as :class:`~bench.space.Param`. Formulas: docs/methods.md#regularizer-families.
 """
 
 from __future__ import annotations
