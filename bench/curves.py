@@ -1,4 +1,4 @@
-"""Accuracy-vs-compute curves from a run's records (METHODS.md section 4), their summaries
+"""Accuracy-vs-compute curves from a run's records (docs/methods.md#anytime-curves), their summaries
 over seeds (mean, interval, compute to target) and the grid's subset bootstrap.
 
 Pure pandas/numpy/scipy, so a finished run can be analysed anywhere, without torch or Ray.
@@ -290,7 +290,7 @@ def sweep_best(trials: pd.DataFrame) -> pd.Series:
 
 def compute_to_target(curves: pd.DataFrame, reference: str = "grid",
                       tolerance: float = TOLERANCE, interval: bool = True) -> pd.DataFrame:
-    """How much compute each method needs to match the reference (METHODS.md section 4).
+    """The compute each method needs to match the reference (docs/methods.md#compute-to-target).
 
     Target per task: the reference's mean over seeds of each seed's final test accuracy,
     minus ``tolerance`` (absolute; 0.01 = 1 percentage point). A method reaches it at the
