@@ -1,5 +1,6 @@
 """``ntk-marglik``: the stochastic NTK lower bound on the linearised-Laplace marginal
-likelihood (Immer et al. 2023; METHODS.md 3c), used to learn L2-SP prior precisions.
+likelihood (Immer et al. 2023; docs/methods.md#stochastic-ntk-bound), used to learn L2-SP prior
+precisions.
 
 The same loop as ``laplace-marglik`` (MAP training with the prior theta_g ~ N(mu0_g,
 1/delta_g), precisions in groups, rounds every ``every_epochs`` epochs after
