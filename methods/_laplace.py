@@ -1,5 +1,5 @@
 """``laplace-marglik``: online Laplace marginal-likelihood learning of L2-SP prior precisions
-(Immer et al. 2021, in the L2-SP form of the DE-ELBo study; METHODS.md 3b).
+(Immer et al. 2021, in the L2-SP form of the DE-ELBo study; docs/methods.md#online-laplace).
 
 MAP training with the prior theta_g ~ N(mu0_g, 1/delta_g) (backbone around its pretrained
 values mu0, head around 0), loss = mean NLL + (1/(2N))·sum_g delta_g·||theta_g − mu0_g||²,
