@@ -2,8 +2,8 @@
 
 docs/methods.md#data-emphasized-elbo. L2-SP read as a Gaussian prior, backbone
 ``w_bb ~ N(mu0, lambda I)`` and head ``w_head ~ N(0, tau I)``; variational posterior
-``q(w) = N(m, sigma^2 I)`` with one shared ``sigma = softplus(rho)``. Every step draws ``w = m + sigma * eps`` (one sample, eps
-fresh), profiles lambda and tau out in closed form,
+``q(w) = N(m, sigma^2 I)`` with one shared ``sigma = softplus(rho)``. Every step draws
+``w = m + sigma * eps`` (one sample, eps fresh), profiles lambda and tau out in closed form,
 
     lambda* = ||m_bb - mu0||^2 / D_bb + sigma^2,   tau* = ||m_head||^2 / D_head + sigma^2,
     KL_g    = (D_g / 2) * log(var*_g / sigma^2),
