@@ -42,7 +42,9 @@ class _Node:
             self.proc = subprocess.Popen([RAY, "start", *args, "--block"], env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
 
-    def wait_started(self, timeout: float = 180) -> None:
+    def wait_started(self, timeout: float = 900) -> None:
+        """Until the node blocks; the timeout only guards against a hang (a loaded
+        machine starts Ray slowly: 180 s was not enough beside two reference runs)."""
         deadline = time.monotonic() + timeout
         while "block forever" not in self.log.read_text():
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
