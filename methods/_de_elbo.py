@@ -132,7 +132,8 @@ class DEELBo(LearnedMethod):
     - ``lrs``: the learning rates of the sweep, run in this order (authors' four).
     - ``kappa``: ``"data-emphasized"`` (kappa = D/N) or a positive number (1: plain ELBo).
     - ``sigma_init``: initial posterior standard deviation softplus(rho) (authors: 1e-4;
-      runs much shorter than theirs may need more, see docs/methods.md).
+      runs much shorter than theirs may need more, see
+      docs/methods.md#data-emphasized-elbo).
     - ``momentum``, ``clip_norm``: SGD Nesterov momentum and the gradient-norm clip
       (None: no clipping).
     - ``objective_samples``: Monte Carlo samples of the final objective (see ``fit``);
