@@ -1,4 +1,5 @@
-"""The data-emphasized ELBo method (METHODS.md 3a) and its plain-ELBo ablation."""
+"""The data-emphasized ELBo method (docs/methods.md#data-emphasized-elbo) and its plain-ELBo
+ablation."""
 
 import json
 import math
