@@ -3,13 +3,16 @@
 
 MAP training with the prior theta_g ~ N(mu0_g, 1/delta_g) (backbone around its pretrained
 values mu0, head around 0), loss = mean NLL + (1/(2N))·sum_g delta_g·||theta_g − mu0_g||²,
-precisions in two groups (backbone, head) or one per parameter tensor ("layerwise"). After
-``burnin_epochs`` and then every ``every_epochs`` epochs (and always after the last step),
-laplace-torch's ``Laplace`` is fitted on all N training examples with ``prior_mean`` =
-[mu0, 0] and the precisions expanded per tensor (Kronecker) or per element (diagonal, full),
-and ``hyper_steps`` Adam steps on log delta maximise its ``log_marginal_likelihood``. The
-parameters at the best marginal likelihood are kept; the run's objective is
-−(best log marginal likelihood)/N, and the learning-rate sweep is chosen on it.
+precisions in two groups (backbone, head) or one per parameter tensor ("layerwise"). At
+each round of the schedule (``methods._marglik.RoundSchedule``: by default ``rounds`` = 3
+rounds from 80% of the run to its end; ``schedule = "online"``: every ``every_epochs``
+epochs after ``burnin_epochs``, and after the last step), laplace-torch's ``Laplace`` is
+fitted on all N training examples with ``prior_mean`` = [mu0, 0] and the precisions
+expanded per tensor (Kronecker) or per element (diagonal, full), and ``hyper_steps`` Adam
+steps on log delta maximise its ``log_marginal_likelihood``. The run returns its final
+network (``keep = "final"``, the DE-ELBo study's rule) or the best round's (``keep =
+"best"``, laplace-torch's ``marglik_training``); its objective is −(log marginal
+likelihood of the returned network)/N, and the learning-rate sweep is chosen on it.
 laplace-torch computes the curvature and the marginal likelihood; this module only writes
 the loop its ``marglik_training`` cannot do (a prior mean mu0, grouped precisions).
 
@@ -17,7 +20,7 @@ BatchNorm. Training uses batch statistics (train mode) as the shared loop does. 
 Laplace fit runs the network in eval mode, so BatchNorm is a fixed per-channel affine map
 given its running statistics and every example's likelihood depends on the parameters
 alone (per-example gradients and Jacobians are well defined); train mode is restored
-after the fit, and the kept "best" state includes the running statistics. The BatchNorm
+after the fit, and a kept "best" state includes the running statistics. The BatchNorm
 affine parameters are backbone parameters: they carry the prior (centred at their
 pretrained values) and are learned like the others. With ``hessian="diag"`` or
 ``"full"`` they are in the Laplace approximation with everything else. laplace-torch's
@@ -36,9 +39,10 @@ DE-ELBo study's choice; the only one measured practical on EfficientNet-Lite0: G
 takes minutes per fit there, and with ``hessian="kron"`` only its final linear layer gets
 Kronecker factors, every convolution being depthwise or a same-padding subclass), ``hyper_steps`` K = 100 and
 ``hyper_lr`` = 1.0 (the DE-ELBo study's settings), ``prior_prec_init`` = 1.0
-(laplace-torch's ``marglik_training``), ``burnin_epochs`` B = 1 and ``every_epochs``
-F = 2 (scaled for CPU; authors F = 1: runs here are a few to ~10 epochs, so this gives
-2-5 rounds per run). Cost measured here (one thread, N = 100): on EfficientNet-Lite0 at
+(laplace-torch's ``marglik_training``), ``keep = "final"``, ``schedule = "late"`` with
+``burnin`` = 0.8 and ``rounds`` = 3 (the online schedule's defaults ``burnin_epochs`` B = 1
+and ``every_epochs`` F = 2 are scaled for CPU; authors F = 1: rounds from epoch 1 feed
+unconverged curvature back into short runs, see ``methods._marglik``). Cost measured here (one thread, N = 100): on EfficientNet-Lite0 at
 32 px a round is about 8 s (diag-EF fit 3-4 s, 100 marginal-likelihood steps about 5 s),
 as long as the 30 training steps of the quick suite; on small-cnn at 16 px about 0.7 s.
 ``hessian="kron"`` suits plain conv/linear networks such as small-cnn (fit about 2.4 s

@@ -3,8 +3,8 @@ likelihood (Immer et al. 2023; docs/methods.md#stochastic-ntk-bound), used to le
 precisions.
 
 The same loop as ``laplace-marglik`` (MAP training with the prior theta_g ~ N(mu0_g,
-1/delta_g), precisions in groups, rounds every ``every_epochs`` epochs after
-``burnin_epochs`` and after the last step, parameters kept at the best estimate), but each
+1/delta_g), precisions in groups, rounds on the same schedule, the final or the best
+round's network returned by ``keep``), but each
 of a round's ``hyper_steps`` Adam steps draws a fresh random subset S of M =
 ``subset_size`` training points (optionally M/C per class, ``balanced``) and maximises
 
@@ -33,7 +33,7 @@ logits depend on the parameters alone and per-example Jacobians are defined); Ba
 affine parameters are backbone parameters with their own Jacobian columns like any other
 tensor. Train mode is restored after each round.
 
-A round's value (used to keep the best parameters and, as −value/N, as the run's
+A round's value (used to pick the best round and, as −value/N, as the run's
 objective) is the mean of its hyper-steps' bound estimates.
 
 Defaults (scaled for CPU where marked): ``subset_size`` M = 32 (authors: 500; scaled for
@@ -43,8 +43,9 @@ hyper-step takes 0.85 s single / 14 s independent / 18 s full on EfficientNet-Li
 by the (MC)²·P kernel product), ``balanced=False`` (uniform subsets, for which the
 expectation bound holds exactly), ``hyper_steps`` K = 10 per round (scaled for CPU: every
 step computes fresh Jacobians), ``hyper_lr`` = 0.1 (laplace-torch's ``marglik_training`` default),
-``prior_prec_init`` = 25 (authors), ``burnin_epochs`` B = 1 and ``every_epochs`` F = 2
-(scaled for CPU, as for ``laplace-marglik``; authors: B = 10, F = 5 over long runs).
+``prior_prec_init`` = 25 (authors), ``keep``/``schedule`` as for ``laplace-marglik``
+(late rounds and the final network by default; the online schedule's B = 1, F = 2 are
+scaled for CPU; authors: B = 10, F = 5 over long runs).
 """
 
 from __future__ import annotations
