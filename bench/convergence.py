@@ -14,6 +14,8 @@ precisions are re-estimated). Pure pandas: no torch.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -52,8 +54,10 @@ def loss_profile(reports: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
                 values.append(loss[inside].mean() if inside.any() else np.nan)
             per_run.append(values)
         arr = np.array(per_run)
-        med = np.nanmedian(arr, axis=0)
-        drop = np.nanmedian((arr[:, 2] - arr[:, 3]) / np.abs(arr[:, 2]))
+        with warnings.catch_warnings():  # a fraction no run reached (short runs): NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(arr, axis=0)
+            drop = np.nanmedian((arr[:, 2] - arr[:, 3]) / np.abs(arr[:, 2]))
         rows.append({S.TASK: task, S.METHOD: method, "runs": len(per_run),
                      **{f"loss_{int(f * 100)}": v for f, v in zip(FRACTIONS, med)},
                      "last_quarter_drop": drop})
@@ -78,8 +82,12 @@ def convergence_markdown(reports: pd.DataFrame, trials: pd.DataFrame) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for row in group.itertuples(index=False):
             r = row._asdict()
-            lines.append(f"| {r[S.METHOD]} | {r['runs']} | {r['loss_25']:.3f} | "
-                         f"{r['loss_50']:.3f} | {r['loss_75']:.3f} | {r['loss_100']:.3f} | "
-                         f"{100 * r['last_quarter_drop']:.1f}% |")
+            cells = [_cell(r[f"loss_{int(f * 100)}"], "{:.3f}") for f in FRACTIONS]
+            lines.append(f"| {r[S.METHOD]} | {r['runs']} | " + " | ".join(cells) + " | "
+                         + _cell(100 * r["last_quarter_drop"], "{:.1f}%") + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(value: float, spec: str) -> str:
+    return "–" if value is None or math.isnan(value) else spec.format(value)
