@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -178,6 +180,10 @@ def _cmd_run(args) -> int:
         raise BenchError("run: give --out or --resume, not both")
     out = Path(args.resume or args.out or Path("runs") / suite.name)
     again = f"go on with: bench run {args.suite} --resume {out}"
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (SIGINT) stops the driver even when it was started where SIGINT is
+        # ignored (a shell's background job inherits it ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_suite(suite, out, address=args.address, progress=not args.quiet,
                   resume=bool(args.resume))
