@@ -291,11 +291,11 @@ def fine_tune(
         if not math.isfinite(loop.loss):
             timer.train_s += time.perf_counter() - started
             raise TrainingDiverged(f"training loss is {loop.loss} at step {loop.step}")
-        epoch_nll += float(data_loss)
+        epoch_nll = epoch_nll + data_loss  # a tensor: no extra device sync per step
         epoch_steps += 1
         if loop.step % steps_per_epoch == 0 or last:
             # the data term alone (a penalty may jump when a prior is re-estimated)
-            fields["train_nll"] = epoch_nll / epoch_steps
+            fields["train_nll"] = float(epoch_nll) / epoch_steps
             epoch_nll, epoch_steps = 0.0, 0
             for hook in hooks:
                 fields |= hook.on_epoch_end(loop)

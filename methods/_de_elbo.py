@@ -64,7 +64,8 @@ class VariationalHook(Hook):
     """The loop's part of the (DE-)ELBo: the posterior scale rho as an extra trained
     tensor, a sampled forward pass w = m + sigma*eps, and the profiled KL term over
     kappa*N as the penalty. Records sigma, lambda, tau, the KL term and the epoch's mean
-    objective and NLL at every epoch end."""
+    objective at every epoch end (the loop itself records the epoch's mean NLL,
+    ``train_nll``)."""
 
     def __init__(self, net, sigma_init: float, kappa: float, n: int, centred: bool) -> None:
         self.net = net
@@ -79,9 +80,8 @@ class VariationalHook(Hook):
         self.kappa, self.n = kappa, n
         self.rho = torch.nn.Parameter(torch.tensor(_inv_softplus(sigma_init),
                                                    dtype=self.means[0].dtype))
-        self._epoch_loss = self._epoch_kl = 0.0
+        self._epoch_loss = 0.0
         self._epoch_steps = 0
-        self._kl = 0.0
 
     def prior_terms(self):
         """sigma, lambda*, tau*, (KL_bb + KL_head)/(kappa N), ||m_bb-mu0||², ||m_head||²."""
@@ -103,13 +103,10 @@ class VariationalHook(Hook):
         return functional_call(self.net.model, self.sampled(F.softplus(self.rho)), (x,))
 
     def penalty(self, loop: Loop) -> torch.Tensor:
-        kl_term = self.prior_terms()[3]
-        self._kl = float(kl_term.detach())
-        return kl_term
+        return self.prior_terms()[3]
 
     def after_step(self, loop: Loop) -> None:
         self._epoch_loss += loop.loss
-        self._epoch_kl += self._kl
         self._epoch_steps += 1
 
     def on_epoch_end(self, loop: Loop) -> dict[str, float]:
@@ -117,10 +114,9 @@ class VariationalHook(Hook):
             sigma, lam, tau, kl_term, _, _ = self.prior_terms()
         steps = max(1, self._epoch_steps)
         fields = {"objective": self._epoch_loss / steps,
-                  "train_nll": (self._epoch_loss - self._epoch_kl) / steps,
                   "kl_term": float(kl_term), "sigma": float(sigma),
                   "lambda": float(lam), "tau": float(tau)}
-        self._epoch_loss = self._epoch_kl = 0.0
+        self._epoch_loss = 0.0
         self._epoch_steps = 0
         return fields
 
