@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
+from bench.names import NOISE_TAGS, noise_tag
 from bench.options import is_number
 
 NOISE_STREAM = 0x6E6F697365  # "noise": a seed stream apart from the sampling's
@@ -27,7 +28,7 @@ class LabelNoise:
 
     kind: str = "symmetric"
     rate: float = 0.0
-    KINDS: ClassVar[dict[str, str]] = {"symmetric": "sym", "pairflip": "pair"}
+    KINDS: ClassVar[dict[str, str]] = NOISE_TAGS
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -56,7 +57,7 @@ class LabelNoise:
     @property
     def tag(self) -> str:
         """A short name for task names: ``sym40``, ``pair20``."""
-        return f"{self.KINDS[self.kind]}{self.rate * 100:g}"
+        return noise_tag(self.kind, self.rate)
 
     def corrupt(self, labels: torch.Tensor, num_classes: int, seed: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ import pandas as pd
 from bench import schema as S
 from bench.errors import BenchError
 from bench.journal import AT, read_journal
+from bench.names import task_name
 from bench.records import read_trials
 from bench.rundir import compute_unit, read_metadata, task_caps
 
@@ -39,16 +40,12 @@ def _plan(suite_text: str, names: list[str] | None = None) -> list[tuple[str, st
 
 
 def _default_name(task: dict) -> str:
-    """``bench.task.Task``'s default name, without importing it (it imports torch); a
-    run's metadata.json names its tasks since this rule grew."""
-    top = task.get("trainable_blocks")
+    """``bench.task.Task``'s default name from a suite's task table (a run's metadata.json
+    names its tasks since this rule grew)."""
     noise = task.get("label_noise")
-    tag = ""
-    if isinstance(noise, dict):
-        kind = {"symmetric": "sym", "pairflip": "pair"}.get(noise.get("kind"), "")
-        tag = f"-{kind}{float(noise.get('rate', 0)) * 100:g}"
-    return (f"{task.get('dataset')}-N{task.get('n')}-{task.get('backbone')}"
-            + (f"-top{top}" if top is not None else "") + tag)
+    noise = (noise.get("kind"), noise.get("rate", 0)) if isinstance(noise, dict) else None
+    return task_name(task.get("dataset"), task.get("n"), task.get("backbone"),
+                     task.get("trainable_blocks"), noise)
 
 
 def driver_alive(run_dir: Path) -> bool:

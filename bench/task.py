@@ -12,6 +12,7 @@ import torch
 from bench.backbones import backbone_info, build_backbone
 from bench.data import dataset_info, load_dataset, prepare_images, stratified_indices, stratified_split
 from bench.errors import BenchError
+from bench.names import task_name
 from bench.options import require_int, require_positive
 from bench.network import Network
 from bench.noise import LabelNoise
@@ -85,10 +86,10 @@ class Task:
                 raise BenchError(f"task trainable_blocks must be <= {info.blocks} for "
                                  f"{self.backbone}, got {self.trainable_blocks}")
         if not self.name:
-            noise = f"-{self.label_noise.tag}" if self.label_noise else ""
-            top = f"-top{self.trainable_blocks}" if self.trainable_blocks is not None else ""
-            object.__setattr__(self, "name",
-                               f"{self.dataset}-N{self.n}-{self.backbone}{top}{noise}")
+            noise = self.label_noise
+            object.__setattr__(self, "name", task_name(
+                self.dataset, self.n, self.backbone, self.trainable_blocks,
+                (noise.kind, noise.rate) if noise else None))
 
     def _tunable(self) -> tuple[Param, ...]:
         """Every hyperparameter ``space`` may name: lr, the regularizer's, self-labeling's."""
