@@ -202,7 +202,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_replay(args) -> int:
-    from bench.replay import parse_replay_suite, run_replay
+    from bench.replay_suite import parse_replay_suite, run_replay
     from bench.run import summarize
 
     try:

@@ -13,7 +13,7 @@ from bench import schema as S
 from bench.campaign import Campaign, run_inline
 from bench.cli import main
 from bench.records import frame, write_table
-from bench.replay import parse_replay_suite, run_replay
+from bench.replay_suite import parse_replay_suite, run_replay
 from bench.space import Param
 from bench.suite import Budget
 from bench.task import Task

@@ -19,8 +19,8 @@ from bench.method import FINISHED, Method
 from bench.published import RECORD_SETS, published_bo
 from bench.journal import AT, Journal, read_journal
 from bench.records import comparable, frame
-from bench.replay import Recorded, RecordedTask, SimulatedClock, parse_replay_suite, \
-    run_replay, simulate
+from bench.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.replay_suite import parse_replay_suite, run_replay
 from bench.suite import Budget
 from bench.testing import TINY_TASK
 

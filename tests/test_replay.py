@@ -9,7 +9,7 @@ from bench import schema as S
 from bench.cli import main
 from bench.curves import anytime_curves, grid_bootstrap
 from bench.published import published_bo, published_runs
-from bench.replay import parse_replay_suite, run_replay
+from bench.replay_suite import parse_replay_suite, run_replay
 
 SUITE = """
 name = "replay-test"
