@@ -31,6 +31,8 @@ from bench.errors import BenchError
 
 TEST_SPLIT_SEED = 0  # fixed: the test set never changes with the run's seed
 
+Split = tuple[torch.Tensor, torch.Tensor]  # prepared images, labels
+
 
 @dataclass(frozen=True, eq=False)
 class ImageData:

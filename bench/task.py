@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.backbones import backbone_info, build_backbone
-from bench.data import dataset_info, load_dataset, prepare_images, stratified_indices, stratified_split
+from bench.data import (Split, dataset_info, load_dataset, prepare_images, stratified_indices,
+                        stratified_split)
 from bench.errors import BenchError
 from bench.names import task_name
 from bench.options import require_int, require_positive
@@ -19,7 +20,6 @@ from bench.noise import LabelNoise
 from bench.regularizers import regularizer_class
 from bench.selflabel import SelfLabelingConfig
 from bench.space import LR, Param
-from bench.train import Split
 
 VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
 

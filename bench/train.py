@@ -23,12 +23,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from bench.data import Split  # also re-exported from here (its former home)
 from bench.errors import BenchError
 from bench.metrics import evaluate
 from bench.network import Network
 from bench.regularizers import Regularizer
-
-Split = tuple[torch.Tensor, torch.Tensor]  # prepared images, labels
 
 
 class TrainingDiverged(RuntimeError):
