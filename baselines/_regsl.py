@@ -24,7 +24,7 @@ from bench.method import Context, FitData, Fitted, Method, Report, Result
 from bench.options import require_bool
 from bench.plugins import build_method
 from bench.regularizers import LayerwiseConstraint
-from bench.selflabel import SelfLabelingConfig
+from bench.selflabel_config import SelfLabelingConfig
 
 TEMPERATURE = next(p for p in SelfLabelingConfig.SPACE if p.name == "temperature")
 

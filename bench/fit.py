@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from bench.method import FitData, Fitted, Report
 from bench.regularizers import Regularizer, make_regularizer
-from bench.selflabel import SelfLabeling, SelfLabelingConfig
+from bench.selflabel import SelfLabeling
+from bench.selflabel_config import SelfLabelingConfig
 from bench.train import Evaluation, Timer, TrainConfig, fine_tune
 
 

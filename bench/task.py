@@ -18,7 +18,7 @@ from bench.options import require_int, require_positive
 from bench.network import Network
 from bench.noise import LabelNoise
 from bench.regularizers import regularizer_class
-from bench.selflabel import SelfLabelingConfig
+from bench.selflabel_config import SelfLabelingConfig
 from bench.space import LR, Param
 
 VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
