@@ -15,12 +15,14 @@ from bench import schema as S
 from bench.campaign import Campaign, run_inline
 from bench.curves import anytime_curves
 from bench.method import FINISHED, FitData
+from bench.protocol import TrialRequest
 from bench.suite import Budget
 from bench.task import Task
 from bench.testing import TINY_TASK, check_method
 from bench.train import TrainingDiverged
 from bench.trial import TrialSpec, execute_trial, task_data
-from methods._de_elbo import DEELBo, PlainELBo, profiled_prior
+from methods._de_elbo import DEELBo, PlainELBo
+from methods._de_elbo_fit import profiled_prior
 
 # digits through the pretrained small CNN at 8 px: seconds per run on one thread
 TASK = Task(dataset="digits", n=100, backbone="small-cnn", image_size=8, steps=40,
@@ -100,8 +102,9 @@ def test_the_method_never_receives_or_reads_validation_data():
             return super().fit(data, config, report)
 
     spec = TrialSpec(TINY_TASK, 0, Spy(lrs=(0.1,), objective_samples=1), threads=1)
-    final = execute_trial({"kind": S.LEARNED, "hp": {"lr": 0.1}}, spec, lambda r: False)
-    assert final[S.STATUS] == S.OK and seen == [None]
+    final = execute_trial(TrialRequest(0, "t0000", S.LEARNED, {"lr": 0.1}), spec,
+                          lambda report: False)
+    assert final.status == S.OK and seen == [None]
     # and fit does not touch a validation split even if one were there
     fitted = DEELBo(objective_samples=1).fit(fit_data(TINY_TASK, validation=Poison()),
                                              {"lr": 0.1}, lambda s, m: False)

@@ -17,7 +17,8 @@ from bench.records import frame
 from bench.suite import Budget, parse_suite
 from bench.task import Task
 from bench.trial import task_data
-from methods._de_elbo import DEELBo, VariationalHook
+from methods._de_elbo import DEELBo
+from methods._de_elbo_fit import VariationalHook
 from methods._laplace import LaplaceMarglik
 from methods._marglik import PriorGroups
 from methods._ntk import NTKMarglik
