@@ -1,4 +1,4 @@
-"""The marginal-likelihood loop shared by ``laplace-marglik`` and ``ntk-marglik``.
+"""What ``laplace-marglik`` and ``ntk-marglik`` share, on the driver's side and the worker's.
 
 - :class:`PriorGroups`: the L2-SP-form Gaussian prior theta_g ~ N(mu0_g, (1/delta_g)·I) with
   its precisions in groups: ``"two"`` (backbone around mu0, head around 0) or
@@ -8,16 +8,14 @@
   first after ``burnin`` (a fraction of the run, 0.8) and ``rounds`` in all, evenly
   spaced to the last step; ``"online"`` (the authors'): every ``every_epochs`` epochs
   after ``burnin_epochs``, and after the last step.
-- :class:`MarglikHook`: the training loop's part (``bench.train.fine_tune``): the prior's
-  penalty, and at the end of a scheduled epoch a round of an *estimator* (full-data
-  Laplace or the stochastic NTK bound) taking ``hyper_steps`` Adam steps on log delta that
-  maximise its log marginal likelihood. Each round's precisions, value and terms go to
-  the epoch's report.
-- :func:`marglik_fit`: MAP training with rounds; returns the final network
-  (``keep="final"``, as the DE-ELBo study and ntk-marglik do) or the best round's
-  (``keep="best"``, laplace-torch's ``marglik_training`` behaviour).
-- :class:`MarglikMethod`: the plugin side shared by both methods (learning-rate sweep,
-  ``fit`` on all N, records).
+- :class:`MarglikMethod`: the plugin side shared by both methods (options, learning-rate
+  sweep, ``fit`` on all N, records).
+- ``methods._marglik_fit`` (worker side, imported by ``fit``): the training loop's hook
+  (the prior's penalty, and at the end of a scheduled epoch a round of an *estimator*,
+  full-data Laplace or the stochastic NTK bound, taking ``hyper_steps`` Adam steps on log
+  delta that maximise its log marginal likelihood) and ``marglik_fit``, MAP training with
+  rounds that returns the final network (``keep="final"``) or the best round's
+  (``keep="best"``).
 
 MAP loss per step (docs/methods.md#online-laplace): mean NLL +
 (1/(2N))·sum_g delta_g·||theta_g − mu0_g||².
@@ -30,21 +28,18 @@ learning rate as well as the grid (issue 13's measurements).
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
+from bench.data import Split
 from bench.errors import BenchError
-from bench.fit import epoch_metrics
 from bench.method import FitData, Fitted, Report
 from bench.network import Network
 from bench.options import is_number, require_int, require_positive
-from bench.train import Hook, Loop, Split, TrainConfig, fine_tune
-from methods._sweep import LearnedMethod, centred_at_pretrained
+from methods._sweep import LearnedMethod
 
 LIKELIHOODS = ("classification", "regression")
 GROUPINGS = ("two", "layerwise")
@@ -129,17 +124,6 @@ class PriorGroups:
         return (delta * self.squared_distances()).sum()
 
 
-class RegressionLoss(Hook):
-    """Gaussian likelihood with known noise (constants left out, summed over outputs),
-    for the regression form of the marginal-likelihood methods."""
-
-    def __init__(self, sigma_noise: float) -> None:
-        self.sigma_noise = sigma_noise
-
-    def example_losses(self, loop, logits, y):
-        return (logits - y).pow(2).sum(-1) / (2 * self.sigma_noise ** 2)
-
-
 @dataclass(frozen=True)
 class RoundRecord:
     """What an estimator's round returns: the value at each hyper-step (before its
@@ -194,127 +178,6 @@ class RoundSchedule:
         return sorted(chosen | {total_epochs})
 
 
-@dataclass
-class MarglikRun:
-    """What :func:`marglik_fit` returns."""
-
-    keep: str = "final"
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per round
-    best_round: int | None = None
-    best_log_marglik: float | None = None
-    best_precisions: dict[str, float] = field(default_factory=dict)
-    precisions: dict[str, float] = field(default_factory=dict)  # of the returned network
-    steps_done: int = 0
-    stopped_early: bool = False
-    final_loss: float = float("nan")
-    train_s: float = 0.0  # MAP training steps
-    hyper_s: float = 0.0  # hyperparameter rounds (curvature/Jacobians + Adam steps)
-
-    @property
-    def log_marglik(self) -> list[float]:
-        return [h["log_marglik"] for h in self.history]
-
-    @property
-    def final_log_marglik(self) -> float | None:
-        """The last round's value, if it is finite."""
-        value = self.history[-1]["log_marglik"] if self.history else None
-        return value if value is not None and math.isfinite(value) else None
-
-    @property
-    def returned_log_marglik(self) -> float | None:
-        """The value at the network this run returns (by ``keep``)."""
-        return self.best_log_marglik if self.keep == "best" else self.final_log_marglik
-
-
-class MarglikHook(Hook):
-    """The loop's part of marginal-likelihood training: the prior's penalty and the
-    scheduled hyperparameter rounds (see the module docstring)."""
-
-    def __init__(self, groups: PriorGroups, estimator: Estimator, schedule: RoundSchedule,
-                 hyper_steps: int, hyper_lr: float, keep: str, train: Split, seed: int,
-                 run: MarglikRun) -> None:
-        self.groups, self.estimator, self.schedule = groups, estimator, schedule
-        self.hyper_steps, self.keep, self.train, self.run = hyper_steps, keep, train, run
-        self.optimizer = torch.optim.Adam([groups.log_delta], lr=hyper_lr)  # across rounds
-        self.generator = torch.Generator().manual_seed(seed + 7919)  # subsets / outputs
-        self.best_state: dict | None = None
-
-    def on_start(self, loop: Loop) -> None:
-        self.round_epochs = set(self.schedule.epochs(
-            math.ceil(loop.total_steps / loop.steps_per_epoch)))
-
-    def penalty(self, loop: Loop) -> torch.Tensor:
-        return self.groups.penalty() / loop.n
-
-    def on_epoch_end(self, loop: Loop) -> dict[str, Any]:
-        if loop.epochs_done not in self.round_epochs and loop.step != loop.total_steps:
-            return {}
-        started = time.perf_counter()
-        groups, run = self.groups, self.run
-        model = loop.net.model
-        before = groups.log_delta.detach().clone()
-        record = self.estimator.round(loop.net, groups, self.train, self.optimizer,
-                                      self.hyper_steps, self.generator)
-        model.train()  # estimators evaluate the network in eval mode
-        value = record.value
-        if not math.isfinite(value):  # keep the last good precisions
-            with torch.no_grad():
-                groups.log_delta.copy_(before)
-        precisions = groups.precisions()
-        run.history.append({"step": loop.step, "epoch": loop.epoch, "log_marglik": value,
-                            "steps": record.steps, "precisions": precisions,
-                            "terms": record.terms})
-        if math.isfinite(value) and (run.best_log_marglik is None
-                                     or value > run.best_log_marglik):
-            run.best_log_marglik, run.best_round = value, len(run.history) - 1
-            run.best_precisions = precisions
-            if self.keep == "best":
-                self.best_state = copy.deepcopy(model.state_dict())  # buffers too
-        run.hyper_s += time.perf_counter() - started
-        fields: dict[str, Any] = {"log_marglik": value}
-        fields |= {f"marglik_{k}": v for k, v in record.terms.items()}
-        fields |= {f"precision_{g}": v for g, v in precisions.items()}
-        return fields
-
-
-def marglik_fit(net: Network, train: Split, estimator: Estimator, groups: PriorGroups, *,
-                lr: float, steps: int, batch_size: int, seed: int,
-                schedule: RoundSchedule = RoundSchedule(), hyper_steps: int = 10,
-                hyper_lr: float = 0.1, keep: str = "final",
-                likelihood: str = "classification", sigma_noise: float = 1.0,
-                momentum: float = 0.9, nesterov: bool = True, clip_norm: float | None = 1.0,
-                report: Report | None = None) -> MarglikRun:
-    """MAP training on the shared loop with hyperparameter rounds (module docstring).
-
-    The optimiser, schedule and seeding are ``bench.train.fine_tune``'s. The network is
-    left at its final parameters (``keep="final"``) or at those of the round with the
-    best value (``keep="best"``, BatchNorm statistics and precisions too).
-    ``report(step, metrics)`` is called at every epoch end; True stops training."""
-    check_choice("likelihood", likelihood, LIKELIHOODS)
-    check_choice("keep", keep, KEEPS)
-    schedule.check()
-    require_int("hyper_steps", hyper_steps, 1)
-    run = MarglikRun(keep=keep)
-    hook = MarglikHook(groups, estimator, schedule, hyper_steps, hyper_lr, keep, train, seed,
-                       run)
-    hooks = [hook] + ([RegressionLoss(sigma_noise)] if likelihood == "regression" else [])
-    config = TrainConfig(lr=lr, steps=steps, batch_size=batch_size, seed=seed,
-                         momentum=momentum, nesterov=nesterov, clip_norm=clip_norm)
-    callback = None if report is None else (lambda e: report(e.step, epoch_metrics(e)))
-    result = fine_tune(net, None, train, config, callback=callback, hooks=hooks)
-    run.steps_done, run.stopped_early = result.steps_done, result.stopped_early
-    run.final_loss = result.final_loss
-    run.train_s = result.train_s - run.hyper_s
-    if keep == "best" and hook.best_state is not None:
-        net.model.load_state_dict(hook.best_state)
-        with torch.no_grad():
-            groups.log_delta.copy_(torch.tensor(
-                [math.log(run.best_precisions[g]) for g in groups.names]))
-    run.precisions = groups.precisions()
-    net.model.train()
-    return run
-
-
 class MarglikMethod(LearnedMethod):
     """Base of the two marginal-likelihood methods: a learning-rate sweep (``lrs``, in
     order) of runs on all N (no validation split). A run's objective is −(log marginal
@@ -343,39 +206,9 @@ class MarglikMethod(LearnedMethod):
         """One-time work outside the timed loop (e.g. slow imports on a fresh worker)."""
 
     def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
-        self.check_options()
-        self.prepare()
-        net = data.make_network()
-        task = data.task
-        groups = PriorGroups(net, self.groups, self.prior_prec_init,
-                             centred_at_pretrained(task.regularizer))
-        run = marglik_fit(net, data.train, self.make_estimator(), groups, lr=config["lr"],
-                          steps=task.steps, batch_size=task.batch_size, seed=data.seed,
-                          schedule=self.round_schedule(), hyper_steps=self.hyper_steps,
-                          hyper_lr=self.hyper_lr, keep=self.keep, report=report)
-        n = len(data.train[1])
-        returned = run.returned_log_marglik
-        objective = None if run.stopped_early or returned is None else -returned / n
-        info = {
-            "lr": config["lr"],
-            "keep": self.keep,
-            "schedule": self.schedule,
-            "precisions": run.precisions,
-            "best_precisions": run.best_precisions,
-            "log_marglik": run.log_marglik,
-            "log_marglik_steps": [h["steps"] for h in run.history],
-            "log_marglik_terms": [h["terms"] for h in run.history],
-            "hyper_rounds_at_step": [h["step"] for h in run.history],
-            "best_round": run.best_round,
-            "best_log_marglik": run.best_log_marglik,
-            "final_log_marglik": run.final_log_marglik,
-            "hyper_s": run.hyper_s,
-            "train_s": run.train_s,
-            "final_loss": run.final_loss,
-            "n": n,
-        }
-        return Fitted(net, objective=objective, info=info, steps_done=run.steps_done,
-                      train_s=run.train_s + run.hyper_s, eval_s=0.0)
+        from methods._marglik_fit import fit_marglik_method  # worker side: the training loop
+
+        return fit_marglik_method(self, data, config, report)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -59,10 +59,10 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from bench.data import Split
 from bench.errors import BenchError
 from bench.options import require_bool, require_int, require_positive
 from bench.network import Network
-from bench.train import Split
 from methods._marglik import MarglikMethod, PriorGroups, RoundRecord, check_choice
 
 KERNELS = ("full", "independent", "single")

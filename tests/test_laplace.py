@@ -16,7 +16,8 @@ from bench.network import Network
 from bench.testing import TINY_TASK, check_method
 from methods._laplace import LaplaceEstimator, LaplaceMarglik, laplace_log_marglik
 from methods._ntk import NTKMarglik, draw_subset, ntk_bound, subset_terms
-from methods._marglik import PriorGroups, RoundRecord, RoundSchedule, marglik_fit
+from methods._marglik import PriorGroups, RoundRecord, RoundSchedule
+from methods._marglik_fit import marglik_fit
 
 ONLINE_EVERY_EPOCH = RoundSchedule("online", burnin_epochs=0, every_epochs=1)
 
