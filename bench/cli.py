@@ -172,12 +172,18 @@ def _method_bug(err: BaseException) -> int:
 
 
 def _cmd_run(args) -> int:
-    from bench.run import RunStopped, run_suite, summarize
+    from bench.run import RunStopped, run_suite
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
     if args.resume and args.out:
         raise BenchError("run: give --out or --resume, not both")
+    if suite.replay:  # records, not training: the same as bench replay
+        for flag, given in (("--resume", args.resume), ("--address", args.address)):
+            if given:
+                raise BenchError(f"run: {args.suite} is a replay suite (it names records): "
+                                 f"{flag} does not apply; bench replay {args.suite}")
+        return _replay(suite, args)
     out = Path(args.resume or args.out or Path("runs") / suite.name)
     again = f"go on with: bench run {args.suite} --resume {out}"
     if threading.current_thread() is threading.main_thread():
@@ -195,33 +201,30 @@ def _cmd_run(args) -> int:
         return 1
     except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
         return _method_bug(err)
-    paths, report = summarize(out)
-    print(report)
-    print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
-    return 0
+    return _summarize(out)
 
 
 def _cmd_replay(args) -> int:
-    from bench.replay_suite import parse_replay_suite, run_replay
-    from bench.run import summarize
+    from bench.replay_suite import require_replay
+    from bench.suite import load_suite
 
-    try:
-        text = Path(args.suite).read_text()
-    except OSError as err:
-        raise BenchError(f"cannot read suite {args.suite}: {err.strerror}") from None
-    try:
-        suite = parse_replay_suite(text, args.suite)
-    except RecursionError:
-        raise BenchError(f"{args.suite}: malformed TOML: nested too deeply") from None
-    if not args.out:  # the name becomes a path: one safe component
-        from bench.options import require_run_name
+    return _replay(require_replay(load_suite(args.suite), args.suite), args)
 
-        require_run_name(f"{args.suite}: name", suite.name)
+
+def _replay(suite, args) -> int:
+    from bench.replay_suite import run_replay
+
     out = Path(args.out or Path("runs") / suite.name)
     try:
         run_replay(suite, out, progress=not args.quiet)
     except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
         return _method_bug(err)
+    return _summarize(out)
+
+
+def _summarize(out: Path) -> int:
+    from bench.run import summarize
+
     paths, report = summarize(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
@@ -280,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                "hook raised\n(its traceback is printed).\n"
                "BENCH_FAULTS=CAMPAIGN:TRIAL=FAULT,... injects faults (raise, nan, oom, die) "
                "into trials,\nto test that a suite survives them (see README, Reliability).")
-    p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
+    p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "
+                                 "(one that names records) is replayed, as by bench replay "
+                                 "(no --resume, --address)")
     p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
     p.add_argument("--resume", metavar="DIR",
                    help="go on with the run in DIR that was stopped or killed (same suite): "
@@ -291,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("replay", help="replay search methods on recorded runs (simulated time)")
-    p.add_argument("suite", help="replay suite (TOML), e.g. suites/replay-cifar10-resnet50.toml")
+    p = sub.add_parser("replay", help="replay search methods on recorded runs (simulated time)",
+                       epilog="exit status: 0 done; 2 bad input, or a suite that names no "
+                              "records (nothing written); 1 when a method's own hook raised.")
+    p.add_argument("suite", help="replay suite (TOML: a suite with records = ...), e.g. "
+                                 "suites/replay-cifar10-resnet50.toml")
     p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_replay)

@@ -22,6 +22,22 @@
 
     [methods.grid]         # label; `method = "..."` names the plugin if it differs
     max_trials = 24        # the method's options
+
+A replay suite (``bench replay``) is the same file with a ``records`` field: its tasks are
+tasks of the records, and it may name ``records_method`` and ``bo``:
+
+    records = "published:cifar10-resnet50"   # bench list records, or a run directory;
+                                             # a list of published record sets (their
+                                             # tasks are named apart) for one suite on all
+    # records_method = "grid"                # a run directory: only this label's runs
+    bo = true                                # add the study's BO traces (where published)
+
+    [[tasks]]
+    name = "cifar10-resnet50-N100"           # a task of the records
+    cap_s = 40000                            # optional
+
+Everything else (name, seeds, budget, methods, reference) is read and checked by the same
+code for both; what needs the records themselves is checked in ``bench.suite_records``.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.options import (check_hyperparameter, is_number, require_bool, require_int,
@@ -38,7 +54,10 @@ from bench.options import (check_hyperparameter, is_number, require_bool, requir
 from bench.method import Context, Method
 from bench.plugins import build_method
 from bench.space import Param
-from bench.task import Task
+
+if TYPE_CHECKING:
+    from bench.replay import RecordedTask
+    from bench.task import Task
 
 
 @dataclass(frozen=True)
@@ -74,14 +93,28 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class RecordSource:
+    """The recorded runs a replay suite replays on."""
+
+    name: str  # published:<set> (several joined by ", "), or a run directory
+    method: str | None = None  # a run directory: replay only this method label's runs
+    bo: bool = False  # add the published BO traces of the record sets that have them
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
-    tasks: tuple[Task, ...]
+    tasks: tuple[Task, ...] | tuple[RecordedTask, ...]  # recorded tasks in a replay suite
     methods: tuple[MethodSpec, ...]
     seeds: tuple[int, ...]
     budget: Budget
     source: str  # the TOML text, kept with the records
     reference: str | None = None  # the label every method is compared with
+    records: RecordSource | None = None  # a replay suite's records; None: a live suite
+
+    @property
+    def replay(self) -> bool:
+        return self.records is not None
 
 
 def _check_keys(where: str, table: Any, allowed) -> dict:
@@ -102,13 +135,14 @@ def _build(where: str, cls, table: dict):
         raise BenchError(f"{where}: {err}") from None
 
 
-TASK_KEYS = [f.name for f in dataclasses.fields(Task)]
 PARAM_KEYS = ["low", "high", "grid", "log"]
 
 
 def _task_table(where: str, table: Any) -> dict:
     """A task table; its ``space`` sub-table overrides search ranges and grids by name."""
-    table = dict(_check_keys(where, table, TASK_KEYS))
+    from bench.task import Task
+
+    table = dict(_check_keys(where, table, [f.name for f in dataclasses.fields(Task)]))
     space = _check_keys(f"{where} space", table.get("space", {}), table.get("space") or {})
     params = []
     for name, spec in space.items():
@@ -129,6 +163,8 @@ def _task_table(where: str, table: Any) -> dict:
             raise BenchError(f"{where} space.{name}: {err}") from None
     table["space"] = tuple(params)
     return table
+
+
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
 
 
@@ -171,12 +207,50 @@ def read_toml(text: str, origin: str) -> dict:
         raise BenchError(f"{origin}: malformed TOML: nested too deeply") from None
 
 
+SUITE_KEYS = ["name", "seeds", "budget", "tasks", "methods", "reference"]
+RECORDS_KEYS = ["records", "records_method", "bo"]  # a replay suite's own keys
+
+
 def parse_suite(text: str, origin: str = "suite") -> Suite:
+    """A suite, live or (with a ``records`` field) replay: every key both have is checked
+    here, by the same code; a replay suite's tasks and records in ``bench.suite_records``.
+    Every method is started on every task and seed before anything runs."""
     raw = read_toml(text, origin)
-    _check_keys(origin, raw, ["name", "seeds", "budget", "tasks", "methods", "reference"])
+    replay = "records" in raw
+    _check_keys(origin, raw, SUITE_KEYS + RECORDS_KEYS)
+    if not replay and (key := next((k for k in RECORDS_KEYS if k in raw), None)):
+        raise BenchError(f"{origin}: {key} is a replay suite's key; a replay suite names its "
+                         "records (records = ...)")
     name = raw.get("name", Path(origin).stem)
     require_run_name(f"{origin}: name", name)
-    seeds = raw.get("seeds", [0])
+    seeds = _seeds(origin, raw.get("seeds", [0]))
+    budget = _build(f"{origin} [budget]", Budget,
+                    _check_keys(f"{origin} [budget]", raw.get("budget", {}), BUDGET_KEYS))
+    tables = raw.get("tasks")
+    if not (isinstance(tables, list) and tables):
+        raise BenchError(f"{origin}: no [[tasks]]")
+    if replay:  # checked for form here, against the records below
+        tasks = [_recorded_task_table(f"{origin} task {i + 1}", t) for i, t in enumerate(tables)]
+    else:
+        tasks = _live_tasks(origin, tables)
+    if len({t.name for t in tasks}) != len(tasks):
+        raise BenchError(f"{origin}: two tasks share a name; set `name` to tell them apart")
+    methods = _methods(origin, raw.get("methods"))
+    reference = _reference(origin, raw.get("reference"), methods)
+    records = None
+    if replay:  # imported here: these checks need pandas and the records themselves
+        from bench.suite_records import record_source, recorded_tasks
+
+        records = record_source(origin, raw)
+        tasks = recorded_tasks(origin, records, tasks, seeds, methods)
+    for spec in methods:
+        check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
+                     discrete=replay)
+    return Suite(str(name), tuple(tasks), tuple(methods), tuple(seeds), budget, text,
+                 reference, records)
+
+
+def _seeds(origin: str, seeds: Any) -> list[int]:
     if not (isinstance(seeds, list) and seeds
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise BenchError(f"{origin}: seeds must be a non-empty list of integers >= 0, "
@@ -185,29 +259,50 @@ def parse_suite(text: str, origin: str = "suite") -> Suite:
         require_seed(f"{origin}: seed", seed)
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"{origin}: seeds repeat")
-    budget = _build(f"{origin} [budget]", Budget,
-                    _check_keys(f"{origin} [budget]", raw.get("budget", {}), BUDGET_KEYS))
-    tasks_raw = raw.get("tasks")
-    if not (isinstance(tasks_raw, list) and tasks_raw):
-        raise BenchError(f"{origin}: no [[tasks]]")
-    tasks = tuple(_build(f"{origin} task {i + 1}", Task,
-                         _task_table(f"{origin} task {i + 1}", t))
-                  for i, t in enumerate(tasks_raw))
-    for i, task in enumerate(tasks):
-        check_task_values(f"{origin} task {i + 1}", task)
-    if len({t.name for t in tasks}) != len(tasks):
-        raise BenchError(f"{origin}: two tasks share a name; set `name` to tell them apart")
-    methods_raw = raw.get("methods")
-    if not (isinstance(methods_raw, dict) and methods_raw):
+    return seeds
+
+
+def _methods(origin: str, tables: Any) -> list[MethodSpec]:
+    """The ``[methods.<label>]`` tables: each method's plugin (``method``, else the label)
+    and options. Not yet built or started: that needs the tasks."""
+    if not (isinstance(tables, dict) and tables):
         raise BenchError(f"{origin}: no [methods.*] tables")
     methods = []
-    for label, options in methods_raw.items():
+    for label, options in tables.items():
         options = dict(_check_keys(f"{origin} [methods.{label}]", options, options or {}))
-        spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
-        check_starts(f"{origin} [methods.{label}]", spec, tasks, seeds, budget)
-        methods.append(spec)
-    return Suite(str(name), tasks, tuple(methods), tuple(seeds), budget, text,
-                 _reference(origin, raw.get("reference"), methods))
+        methods.append(MethodSpec(label, str(options.pop("method", label)),
+                                  tuple(sorted(options.items()))))
+    return methods
+
+
+def _live_tasks(origin: str, tables: list) -> list[Task]:
+    from bench.task import Task
+
+    tasks = [_build(f"{origin} task {i + 1}", Task, _task_table(f"{origin} task {i + 1}", t))
+             for i, t in enumerate(tables)]
+    for i, task in enumerate(tasks):
+        check_task_values(f"{origin} task {i + 1}", task)
+    return tasks
+
+
+@dataclass(frozen=True)
+class RecordedTaskTable:
+    """A replay suite's ``[[tasks]]`` table, checked for form: the task of the records it
+    names is looked up by ``bench.suite_records``."""
+
+    name: str
+    cap_s: float | None = None
+
+
+def _recorded_task_table(where: str, table: Any) -> RecordedTaskTable:
+    table = _check_keys(where, table, ["name", "cap_s"])
+    name, cap = table.get("name"), table.get("cap_s")
+    if not isinstance(name, str):
+        raise BenchError(f"{where}: name must be a string naming a task of the records, "
+                         f"got {name!r}")
+    if cap is not None:
+        require_positive(f"{where}: task cap_s", cap)  # as a live task's cap_s
+    return RecordedTaskTable(name, cap)
 
 
 def _reference(origin: str, reference: Any, methods: list[MethodSpec]) -> str | None:

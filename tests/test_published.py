@@ -302,7 +302,7 @@ def test_the_published_suite_covers_every_grid_n_and_seed_at_its_full_grid_cost(
     grids = [n for n in RECORD_SETS if not n.endswith(("-v1", "-clml"))]
     assert len(grids) == 10
     assert {t.name for t in suite.tasks} == {t for n in grids for t in _tasks(n)}
-    assert suite.seeds == SEEDS and suite.bo
+    assert suite.seeds == SEEDS and suite.records.bo
     for task in suite.tasks:
         name, n = task.name.rsplit("-N", 1)
         tuned = pd.concat([_csv(s, "tuned") for s in RECORD_SETS[name].stems])
