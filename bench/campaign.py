@@ -15,11 +15,11 @@ from typing import Callable
 from bench import schema as S
 from bench.errors import BenchError
 from bench.method import FINISHED, Context, Method, Result
+from bench.protocol import (SCORES, Decision, EpochReport, Event, FinalResult, TrialRequest,
+                            event, event_kind)
 from bench.suite import Budget
 from bench.task import Task
 from bench.trial import TrialSpec, execute_trial
-
-CONTINUE, STOP = "CONTINUE", "STOP"  # the same words as Ray Tune's scheduler decisions
 
 
 class MethodHookError(RuntimeError):
@@ -45,8 +45,8 @@ class Campaign:
     - the incumbent, and with it which trials are retrained, is followed in trial order;
     - a method hears results in trial order and lagged: the j-th suggestion is asked for
       knowing exactly the results of trials 0 .. j - workers (one worker: all before it).
-    Every decision is also sent to ``log`` (the run's journal) and can be replayed
-    (``replay``) to rebuild the campaign after the driver died.
+    Every decision is also sent to ``log`` (the run's journal) as a ``bench.protocol``
+    event, and can be restored (``restore``) to rebuild the campaign after the driver died.
 
     A campaign never pays twice for a configuration: a tuning suggestion equal to an
     earlier one (same kind and hyperparameters; the seed is the campaign's) is not run but
@@ -65,12 +65,13 @@ class Campaign:
         self.seed, self.budget, self.clock0 = seed, budget, clock0
         self.on_record = on_record
         self.log: Callable[[dict], None] | None = None  # journal, set by the queue
+        self.index = 0  # which campaign of the suite (its plan's index), set by the queue
         self.clock = clock  # wall time, or a replay's simulated time
-        self.kinds: dict[str, tuple[str, dict, str | None]] = {}
+        self.requests: dict[str, TrialRequest] = {}  # every trial issued, by its own id
         self.alias: dict[str, str] = {}  # backend trial id -> campaign trial id
         self.started: dict[str, float] = {}
         self.stopped_as: dict[str, str] = {}
-        self.last_report: dict[str, dict] = {}  # a running trial's last epoch report
+        self.last_report: dict[str, EpochReport] = {}  # a running trial's last report
         self.rows: list[dict] = []
         self.reports: list[dict] = []
         self.retrain_queue: list[tuple[dict, str]] = []
@@ -110,11 +111,11 @@ class Campaign:
 
     def running(self) -> list[str]:
         """Trials started or pending, of any kind, not yet complete."""
-        return [t for t in self.kinds if t not in self.done_ids]
+        return [t for t in self.requests if t not in self.done_ids]
 
     def running_tuning(self) -> list[str]:
         """Running trials that count against the cap (all but retrains)."""
-        return [t for t in self.running() if self.kinds[t][0] != S.RETRAIN]
+        return [t for t in self.running() if self.requests[t].kind != S.RETRAIN]
 
     def tuning_spent(self) -> float:
         """Finished tuning trials' compute plus what running ones have used so far."""
@@ -127,14 +128,14 @@ class Campaign:
 
     # -- called by the backends (Ray, replay or inline) with their own trial ids
 
-    def next_config(self, trial_id: str):
-        """The next trial to run as backend trial ``trial_id``; None: ask again later."""
+    def next_request(self, trial_id: str) -> TrialRequest | str | None:
+        """The next trial to run as backend trial ``trial_id``; None: ask again later;
+        FINISHED: nothing left."""
         own = self._next_trial()
         if own is None or own == FINISHED:
             return own
         self.alias[trial_id] = own
-        kind, hp, _ = self.kinds[own]
-        return {"kind": kind, "hp": hp, "trial": own}
+        return self.requests[own]
 
     def _next_trial(self):
         if self.rerun:
@@ -168,21 +169,21 @@ class Campaign:
         own = self._tuning_id(len(self.tuning_order))
         kind = S.SEARCH if self.method.uses_validation else S.LEARNED
         hp = {k: float(v) for k, v in config.items()}
-        self.kinds[own] = (kind, hp, None)
+        self.requests[own] = TrialRequest(self.index, own, kind, hp)
         self.tuning_order.append(own)
-        key = f"{kind} {json.dumps(hp, sort_keys=True)}"
+        key = _run_key(self.requests[own])
         if key in self.first_run:
             self.repeat_of[own] = self.first_run[key]
         else:
             self.first_run[key] = own
-        self._log({"event": "suggest", "trial": own, "hp": hp})
+        self._log(Event.SUGGEST, trial=own, hp=hp)
         return own
 
     def _issue_retrain(self) -> str:
         hp, of = self.retrain_queue.pop(0)
         own = f"{of}-retrain"
-        self.kinds[own] = (S.RETRAIN, hp, of)
-        self._log({"event": "suggest", "trial": own, "hp": hp, "retrain_of": of})
+        self.requests[own] = TrialRequest(self.index, own, S.RETRAIN, hp, retrain_of=of)
+        self._log(Event.SUGGEST, trial=own, hp=hp, retrain_of=of)
         return own
 
     def _settle_repeat(self, own: str) -> bool:
@@ -200,15 +201,14 @@ class Campaign:
                S.ENDED_S: now, S.WALL_S: 0.0, S.RESOURCE_S: 0.0, S.CPU_S: 0.0, S.GPU_S: 0.0,
                S.TRAIN_S: None, S.EVAL_S: None, S.OVERHEAD_S: 0.0, S.NODE: None,
                S.INFO: json.dumps({**info, "repeat_of": earlier[S.TRIAL_ID]}, sort_keys=True)}
-        self._log({"event": "complete", "trial": own, "row": row})
+        self._log(Event.COMPLETE, trial=own, row=row)
         self._finish(row)
         return True
 
     def _runs_again(self, own: str) -> None:
         """``own`` repeats a run that found nothing: it runs, and answers later repeats."""
         del self.repeat_of[own]
-        kind, hp, _ = self.kinds[own]
-        self.first_run[f"{kind} {json.dumps(hp, sort_keys=True)}"] = own
+        self.first_run[_run_key(self.requests[own])] = own
 
     def _stalled(self):
         self.method_done = True  # waiting on nothing would spin forever
@@ -220,81 +220,87 @@ class Campaign:
     def trial_started(self, trial_id: str) -> None:
         self.started.setdefault(self._own(trial_id), self.clock())
 
-    def trial_report(self, trial_id: str, result: dict) -> str:
-        if result.get("phase") != "epoch":
-            return CONTINUE
+    def trial_report(self, trial_id: str, report: EpochReport) -> Decision:
+        """Record an epoch report and decide: go on, or stop the trial (over the cap, or
+        pruned by the method)."""
         own = self._own(trial_id)
-        kind, _, _ = self.kinds[own]
-        metrics = {k: result[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in result}
+        kind = self.requests[own].kind
+        values = report.values
+        metrics = {k: values[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC) if k in values}
         # everything else the method reported (learned hyperparameters, marginal
-        # likelihoods), by its own keys: Ray adds fields of its own (pid, timestamp, ...)
-        keys = result.get(S.REPORTED) or [k for k in result if k not in S.REPORT_ENVELOPE]
-        extra = {k: result[k] for k in keys
-                 if k not in metrics and k not in S.REPORT_ENVELOPE and _is_number(result[k])}
-        report = {S.STEP: result[S.STEP], S.EPOCH: result.get(S.EPOCH), **metrics,
-                  S.METRICS: json.dumps(extra, sort_keys=True) if extra else None}
-        self.reports.append(self._report_row(own, report))
-        self.last_report[own] = result
-        decision, asked = CONTINUE, False
+        # likelihoods) goes to the metrics column, by its own keys
+        extra = {k: v for k, v in values.items()
+                 if k not in metrics and k != S.EPOCH and _is_number(v)}
+        row = {S.STEP: report.step, S.EPOCH: values.get(S.EPOCH), **metrics,
+               S.METRICS: json.dumps(extra, sort_keys=True) if extra else None}
+        self.reports.append(self._report_row(own, row))
+        self.last_report[own] = report
+        decision, asked = Decision.CONTINUE, False
         if kind != S.RETRAIN and self.over_cap():
             self.stopped_as[own] = S.OVER_BUDGET
-            decision = STOP
+            decision = Decision.STOP
         elif kind == S.SEARCH:
             asked = True
-            if self._hook("on_report", own, result[S.STEP], metrics):
+            if self._hook("on_report", own, report.step, metrics):
                 self.stopped_as[own] = S.PRUNED
-                decision = STOP
-        self._log({"event": "report", "trial": own, "report": report, "asked": asked})
+                decision = Decision.STOP
+        self._log(Event.REPORT, trial=own, report=row, asked=asked)
         return decision
 
     def _report_row(self, own: str, report: dict) -> dict:
         return {S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
                 S.SEED: self.seed, S.TRIAL_ID: own, **report}
 
-    def trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+    def trial_complete(self, trial_id: str, final: FinalResult | None, error: bool = False,
+                       reason: str | None = None) -> None:
+        """Record a trial that ended: by itself (``final``), stopped at a report (no
+        final: what it had measured by its last report is kept), or lost by the backend
+        (``error``, with the backend's ``reason`` where it has one)."""
         ended = self.clock()
         own = self._own(trial_id)
-        kind, hp, retrain_of = self.kinds[own]
+        request = self.requests[own]
         started = self.started.get(own, ended)
-        result = result or {}
-        final = result.get("phase") == "final"
         if own in self.stopped_as:
             status = self.stopped_as[own]
-        elif error or not final:
+        elif error or final is None:
             status = S.FAILED
         else:
-            status = result.get(S.STATUS, S.FAILED)
+            status = final.status
         wall = ended - started
-        train_s = result.get(S.TRAIN_S) if final else None
-        eval_s = result.get(S.EVAL_S) if final else None
-        measured = {} if final else _measured(self.last_report.get(own, {}))
-        train_s, eval_s = measured.get(S.TRAIN_S, train_s), measured.get(S.EVAL_S, eval_s)
+        last = self.last_report.pop(own, None)
+        if final is not None:
+            steps_done, train_s, eval_s = final.steps_done, final.train_s, final.eval_s
+        else:  # without the loop's own split, the seconds in fit count as training
+            steps_done = None if last is None else \
+                (last.steps_done if last.steps_done is not None else last.step)
+            train_s, eval_s = (None if last is None else last.fit_s), None
         row = {
             S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
-            S.PLUGIN: self.plugin, S.SEED: self.seed, S.TRIAL_ID: own, S.KIND: kind, S.STATUS: status,
-            S.CONFIG: json.dumps(hp, sort_keys=True), S.RETRAIN_OF: retrain_of,
+            S.PLUGIN: self.plugin, S.SEED: self.seed, S.TRIAL_ID: own, S.KIND: request.kind,
+            S.STATUS: status, S.CONFIG: json.dumps(request.hp, sort_keys=True),
+            S.RETRAIN_OF: request.retrain_of,
             S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
             S.RESOURCE_S: wall * self.res, S.CPU_S: wall * self.budget.cpus_per_worker,
             S.GPU_S: wall * self.budget.gpus_per_worker,
             S.TRAIN_S: train_s, S.EVAL_S: eval_s,
             S.OVERHEAD_S: wall - (train_s or 0) - (eval_s or 0),
-            S.NODE: result.get(S.NODE),
-            S.STEPS_DONE: measured.get(S.STEPS_DONE, result.get(S.STEPS_DONE)),
-            S.ERROR: result.get(S.ERROR) or (FAILED_PROCESS if error else None),
-            S.ERROR_TRACE: result.get("traceback"),
-            S.INFO: result.get(S.INFO),
+            S.NODE: final.node if final is not None else (last.node if last else None),
+            S.STEPS_DONE: steps_done,
+            S.ERROR: reason or (final.error if final is not None else None)
+            or (FAILED_PROCESS if error else None),
+            S.ERROR_TRACE: final.trace if final is not None else None,
+            S.INFO: final.info if final is not None else None,
         }
         if status in (S.PRUNED, S.OVER_BUDGET):  # what it was stopped on
-            last = self.last_report.get(own, {})
-            row |= {S.VAL_NLL: last.get(S.VAL_NLL), S.VAL_ACC: last.get(S.VAL_ACC)}
-        self.last_report.pop(own, None)
+            values = {} if last is None else last.values
+            row |= {S.VAL_NLL: values.get(S.VAL_NLL), S.VAL_ACC: values.get(S.VAL_ACC)}
         if status == S.OK:
-            for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML, S.TEST_NLL, S.TEST_ACC, S.OBJECTIVE):
-                row[key] = result.get(key)
-            if kind == S.SEARCH and self.select_by == "clml":  # the curves select by it too
+            for key in SCORES:
+                row[key] = final.scores.get(key)
+            if request.kind == S.SEARCH and self.select_by == "clml":  # the curves too
                 clml = row.get(S.VAL_CLML)
                 row[S.OBJECTIVE] = None if clml is None or clml != clml else -float(clml)
-        self._log({"event": "complete", "trial": own, "row": row})
+        self._log(Event.COMPLETE, trial=own, row=row)
         self._finish(row)
 
     def _finish(self, row: dict, notify: bool = True) -> None:
@@ -339,7 +345,7 @@ class Campaign:
             if row is None:
                 return False
             self.told += 1
-            self._log({"event": "tell", "trial": row[S.TRIAL_ID]})
+            self._log(Event.TELL, trial=row[S.TRIAL_ID])
             if row[S.STATUS] == S.REPEAT:  # told as the run that answered it
                 answer = self.finished[json.loads(row[S.INFO])["repeat_of"]]
                 status, score = answer[S.STATUS], self._score(answer)
@@ -361,41 +367,44 @@ class Campaign:
             score = row.get(S.OBJECTIVE)
         return None if score is None or score != score else float(score)
 
-    def _log(self, event: dict) -> None:
+    def _log(self, kind: Event, **fields) -> None:
         if self.log:
-            self.log(event)
+            self.log(event(kind, self.index, **fields))
 
     # -- rebuilding from a journal
 
-    def replay(self, event: dict, completed: set[str]) -> None:
+    def restore(self, line: dict, completed: set[str]) -> None:
         """Re-apply one journal event, without running anything; ``completed`` names the
         trials whose completion the journal holds (reports of others are dropped: those
         trials run again)."""
-        own, what = event["trial"], event["event"]
-        if what == "suggest":
-            if event.get("retrain_of") is not None:
+        own, what = line["trial"], event_kind(line)
+        if what == Event.SUGGEST:
+            if line.get("retrain_of") is not None:
                 got = self._issue_retrain() if self.retrain_queue else None
             else:  # the results it knew were told by the journal's tell events
                 config = self._hook("suggest", self._tuning_id(len(self.tuning_order)))
                 got = self._issue_tuning(config) if isinstance(config, dict) else None
-            if got != own or self.kinds[own][1] != event["hp"]:
+            if got != own or self.requests[own].hp != line["hp"]:
+                now = self.requests.get(got)
                 raise BenchError(f"cannot resume {self.task.name} | {self.label} | seed "
-                                 f"{self.seed}: the journal has trial {own} at {event['hp']}, "
-                                 f"the method now gives {got} at {self.kinds.get(got)}")
-        elif what == "report" and own in completed:
-            self.reports.append(self._report_row(own, event["report"]))
-            if event["asked"]:
-                self._hook("on_report", own, event["report"][S.STEP],
-                                      {k: v for k, v in event["report"].items() if k != S.STEP})
-        elif what == "tell":
+                                 f"{self.seed}: the journal has trial {own} at {line['hp']}, "
+                                 f"the method now gives {got} at {now and now.hp}")
+        elif what == Event.REPORT and own in completed:
+            report = line["report"]
+            self.reports.append(self._report_row(own, report))
+            if line["asked"]:  # the method hears the metrics it heard live
+                self._hook("on_report", own, report[S.STEP],
+                           {k: report[k] for k in (S.TRAIN_LOSS, S.VAL_NLL, S.VAL_ACC)
+                            if k in report})
+        elif what == Event.TELL:
             if self.told >= len(self.tuning_order) or self.tuning_order[self.told] != own or \
                     not self._tell_upto(self.told + 1):
                 raise BenchError(f"cannot resume {self.task.name} | {self.label} | seed "
                                  f"{self.seed}: the journal tells {own} out of order")
-        elif what == "complete":
-            self._finish(event["row"], notify=False)
+        elif what == Event.COMPLETE:
+            self._finish(line["row"], notify=False)
 
-    def replayed(self) -> None:
+    def restored(self) -> None:
         """After the last journal event: trials the journal started but never finished
         run again, first and under their own names; a repeat whose earlier run has
         finished is answered from it instead."""
@@ -406,49 +415,42 @@ class Campaign:
 FAILED_PROCESS = "trial process failed"
 
 
-def _measured(report: dict) -> dict:
-    """Steps and seconds a trial's last epoch report says it had done. Without the loop's
-    own split, the seconds in fit (training, its evaluations, building the network) count
-    as training."""
-    if not report:
-        return {}
-    out = {S.STEPS_DONE: report.get(S.STEPS_DONE, report.get(S.STEP))}
-    if report.get(S.TRAIN_S) is not None:
-        out |= {S.TRAIN_S: report[S.TRAIN_S], S.EVAL_S: report.get(S.EVAL_S)}
-    elif report.get(S.FIT_S) is not None:
-        out |= {S.TRAIN_S: report[S.FIT_S], S.EVAL_S: None}
-    return out
+def _run_key(request: TrialRequest) -> str:
+    """What makes two tuning requests the same run (the seed is the campaign's)."""
+    return f"{request.kind} {json.dumps(request.hp, sort_keys=True)}"
 
 
 class CampaignQueue:
     """The suite's campaigns in order. The next campaign starts as soon as the running ones
     have no trial to offer, so workers idle while a campaign drains its last trials are
     given to the next one; each campaign still runs at most ``workers`` trials at once.
-    ``log`` receives every event for the run's journal; ``resume`` replays one."""
+    ``log`` receives every event for the run's journal; ``resume`` restores from one."""
 
     def __init__(self, plans: list[Callable[[], Campaign]], on_start=None, on_done=None,
                  log: Callable[[dict], None] | None = None) -> None:
         self.plans = plans
         self.on_start, self.on_done = on_start, on_done
         self.log = log
-        self.muted = False  # while replaying a journal: its events are written already
+        self.muted = False  # while restoring from a journal: its events are written already
         self.active: list[tuple[int, Campaign]] = []
         self.exhausted: set[int] = set()
         self.next_plan = 0
         self.owner: dict[str, tuple[int, Campaign]] = {}
         self.reasons: dict[str, str] = {}  # why the backend lost a trial
 
-    def suggest(self, trial_id: str):
+    def suggest(self, trial_id: str) -> TrialRequest | str | None:
+        """The next trial for backend trial ``trial_id``, from the running campaigns in
+        order, else from the next campaign; None: ask again later; FINISHED: all done."""
         for idx, campaign in list(self.active):
             if idx in self.exhausted:
                 continue
-            config = campaign.next_config(trial_id)
-            if config == FINISHED:
+            request = campaign.next_request(trial_id)
+            if request == FINISHED:
                 self.exhausted.add(idx)
                 self._maybe_done(idx, campaign)
-            elif config is not None:
+            elif request is not None:
                 self.owner[trial_id] = (idx, campaign)
-                return {"campaign": idx, **config}
+                return request
         if self.next_plan < len(self.plans):
             self._start(self.next_plan)
             return self.suggest(trial_id)
@@ -462,70 +464,71 @@ class CampaignQueue:
     def _start(self, idx: int) -> Campaign:
         self.next_plan = idx + 1
         campaign = self.plans[idx]()
+        campaign.index = idx
         self.active.append((idx, campaign))
         if self.on_start:
             self.on_start(campaign)
-        self._log({"event": "start", "campaign": idx})
-        campaign.log = lambda event: self._log({**event, "campaign": idx})
+        self._log(event(Event.START, idx))
+        campaign.log = self._log
         return campaign
 
-    def _log(self, event: dict) -> None:
+    def _log(self, line: dict) -> None:
         if self.log and not self.muted:
-            self.log(event)
+            self.log(line)
 
     def started(self, trial_id: str) -> None:
         if trial_id in self.owner:
             self.owner[trial_id][1].trial_started(trial_id)
 
-    def report(self, trial_id: str, result: dict) -> str:
-        return self.owner[trial_id][1].trial_report(trial_id, result)
+    def report(self, trial_id: str, report: EpochReport) -> Decision:
+        return self.owner[trial_id][1].trial_report(trial_id, report)
 
     def failure_reason(self, trial_id: str, reason: str) -> None:
         self.reasons[trial_id] = reason
 
-    def complete(self, trial_id: str, result, error: bool) -> None:
+    def complete(self, trial_id: str, final: FinalResult | None, error: bool = False) -> None:
         if trial_id not in self.owner:
             return
-        if error and trial_id in self.reasons:
-            result = {**(result or {}), S.ERROR: self.reasons.pop(trial_id)}
+        reason = self.reasons.pop(trial_id, None) if error else None
         idx, campaign = self.owner[trial_id]
-        campaign.trial_complete(trial_id, result, error)
+        campaign.trial_complete(trial_id, final, error, reason)
         self._maybe_done(idx, campaign)
 
     def _maybe_done(self, idx: int, campaign: Campaign) -> None:
         if idx in self.exhausted and not campaign.running() and (idx, campaign) in self.active:
             self.active.remove((idx, campaign))
-            self._log({"event": "done", "campaign": idx})
+            self._log(event(Event.DONE, idx))
             if self.on_done:
                 self.on_done(campaign)
 
-    def resume(self, events: list[dict]) -> None:
+    def resume(self, lines: list[dict]) -> None:
         """Rebuild the state a journal describes: campaigns started and finished, every
         trial suggested, reported and completed, in the order they happened. Methods are
         asked again and must suggest what the journal holds (they are seeded)."""
-        completed = {(e["campaign"], e["trial"]) for e in events if e["event"] == "complete"}
+        completed = {(e["campaign"], e["trial"]) for e in lines
+                     if event_kind(e) == Event.COMPLETE}
         campaigns: dict[int, Campaign] = {}
         self.muted = True
         try:
-            self._replay(events, completed, campaigns)
+            self._restore(lines, completed, campaigns)
         finally:
             self.muted = False
         for _, campaign in self.active:
-            campaign.replayed()
+            campaign.restored()
 
-    def _replay(self, events, completed, campaigns) -> None:
-        for event in events:
-            idx = event["campaign"]
-            if event["event"] == "start":
+    def _restore(self, lines, completed, campaigns) -> None:
+        for line in lines:
+            idx, kind = line["campaign"], event_kind(line)
+            if kind == Event.START:
                 if idx != self.next_plan:
                     raise BenchError(f"cannot resume: the journal starts campaign {idx} "
                                      f"where {self.next_plan} comes next")
                 campaigns[idx] = self._start(idx)
-            elif event["event"] == "done":
+            elif kind == Event.DONE:
                 self.exhausted.add(idx)
                 self._maybe_done(idx, campaigns[idx])
             else:
-                campaigns[idx].replay(event, {t for c, t in completed if c == idx})
+                campaigns[idx].restore(line, {t for c, t in completed if c == idx})
 
 
 def run_inline(campaign: Campaign) -> None:
@@ -536,23 +539,23 @@ def run_inline(campaign: Campaign) -> None:
                      gpus=campaign.budget.gpus_per_worker)
     for number in itertools.count():
         trial_id = f"inline{number}"
-        config = campaign.next_config(trial_id)
-        if config in (FINISHED, None):  # None: nothing runs that could change its mind
+        request = campaign.next_request(trial_id)
+        if request in (FINISHED, None):  # None: nothing runs that could change its mind
             return
         campaign.trial_started(trial_id)
         hook_errors: list[MethodHookError] = []
 
-        def emit(result: dict) -> bool:
+        def emit(report: EpochReport) -> bool:
             try:
-                return campaign.trial_report(trial_id, result) == STOP
+                return campaign.trial_report(trial_id, report) == Decision.STOP
             except MethodHookError as err:  # the trial's own error handling must not see it
                 hook_errors.append(err)
                 return True
 
-        final = execute_trial(config, spec, emit)
+        final = execute_trial(request, spec, emit)
         if hook_errors:
             raise hook_errors[0]
-        campaign.trial_complete(trial_id, final, error=False)
+        campaign.trial_complete(trial_id, final)
 
 
 def _is_number(value) -> bool:

@@ -8,6 +8,7 @@ and the trainable runs ``bench.trial.execute_trial`` on a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import ray
@@ -16,8 +17,8 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
-from bench import schema as S
 from bench.campaign import CampaignQueue
+from bench.protocol import Decision, EpochReport, FinalResult, TrialRequest, parse_result
 from bench.suite import Budget
 from bench.trial import TrialSpec, execute_trial
 
@@ -26,13 +27,14 @@ def run_trial(config: dict, specs: list[TrialSpec]) -> None:
     """The Tune trainable. Ray stops a trial at a report, so ``emit`` never says stop.
     Records name the node as ``hostname/Ray node id`` (several nodes may share a host)."""
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    request = TrialRequest.from_config(config)
 
-    def emit(result: dict) -> bool:
-        tune.report({**result, S.NODE: node})
+    def emit(report: EpochReport) -> bool:
+        tune.report(dataclasses.replace(report, node=node).to_result())
         return False
 
-    final = execute_trial(config, specs[config["campaign"]], emit)
-    tune.report({**final, S.NODE: node})
+    final = execute_trial(request, specs[request.campaign], emit)
+    tune.report(dataclasses.replace(final, node=node).to_result())
 
 
 class _QueueSearcher(Searcher):
@@ -41,13 +43,18 @@ class _QueueSearcher(Searcher):
         self.queue, self.faults = queue, faults
 
     def suggest(self, trial_id: str):
-        config = self.queue.suggest(trial_id)
-        if isinstance(config, dict) and (config["campaign"], config["trial"]) in self.faults:
-            config["fault"] = self.faults[config["campaign"], config["trial"]]
-        return config
+        """A Tune configuration, or None (wait) or Searcher.FINISHED."""
+        request = self.queue.suggest(trial_id)
+        if not isinstance(request, TrialRequest):
+            return request
+        fault = self.faults.get((request.campaign, request.trial))
+        return dataclasses.replace(request, fault=fault).to_config()
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        self.queue.complete(trial_id, result, error)
+        """``result``: the trial's last result (its final one, or the report it was
+        stopped at); None when it failed before reporting."""
+        final = parse_result(result)
+        self.queue.complete(trial_id, final if isinstance(final, FinalResult) else None, error)
 
 
 class _QueueScheduler(FIFOScheduler):
@@ -56,7 +63,10 @@ class _QueueScheduler(FIFOScheduler):
         self.queue = queue
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
-        return self.queue.report(trial.trial_id, result)
+        report = parse_result(result)
+        if not isinstance(report, EpochReport):  # the final result: the trial ends anyway
+            return Decision.CONTINUE.value
+        return self.queue.report(trial.trial_id, report).value
 
     def on_trial_error(self, tune_controller, trial) -> None:
         """Tune calls this before the searcher hears of the failure: keep Ray's reason

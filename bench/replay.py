@@ -24,14 +24,15 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench import schema as S
-from bench.campaign import STOP, CampaignQueue
-from bench.method import FINISHED
+from bench.campaign import CampaignQueue
+from bench.protocol import SCORES, Decision, EpochReport, FinalResult, TrialRequest
 from bench.published import PREFIX, config_key, published_runs
 from bench.learning_curves import LearningCurves, report_times
 from bench.records import read_reports, read_trials
 from bench.space import Param
 
 REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
+NODE = "replay"  # where a replayed trial ran
 
 
 @dataclass(frozen=True)
@@ -147,52 +148,55 @@ def _epoch_s(run: dict) -> float:
 def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
              clock: SimulatedClock) -> None:
     """Run the queue's campaigns against the records: a discrete-event simulation."""
-    events: list[tuple[float, int, str, str, dict]] = []
+    events: list[tuple[float, int, str, EpochReport | FinalResult]] = []
     order = itertools.count()
-    live: dict[str, int] = {}
+    live: set[str] = set()
     ids = itertools.count()
     while True:
-        config = None
+        request = None
         while len(live) < workers:
             trial_id = f"r{next(ids):06d}"
-            config = queue.suggest(trial_id)
-            if config in (None, FINISHED):
+            request = queue.suggest(trial_id)
+            if not isinstance(request, TrialRequest):
                 break
             _, campaign = queue.owner[trial_id]
             queue.started(trial_id)
-            run = recorded.lookup(campaign.task.name, campaign.seed, config["kind"], config["hp"])
-            live[trial_id] = 0
-            if run is None:
-                final = {"phase": "final", S.STATUS: S.FAILED, S.NODE: "replay",
-                         S.ERROR: f"no recorded {config['kind']} run for {config['hp']}"}
-                heapq.heappush(events, (clock.now, next(order), trial_id, "final", final))
-                continue
-            wall, curve = float(run[S.WALL_S]), recorded.curves.of(run)
-            if curve:  # the recorded reports, metrics and all, at their steps
-                for at, report in zip(report_times(run, curve), curve):
-                    heapq.heappush(events, (clock.now + at, next(order), trial_id, "epoch",
-                                            {"phase": "epoch", S.NODE: "replay", **report}))
-            else:
-                epoch = _epoch_s(run)
-                for k in range(1, math.ceil(wall / epoch)):
-                    heapq.heappush(events, (clock.now + k * epoch, next(order), trial_id,
-                                            "epoch", {"phase": "epoch", S.STEP: k,
-                                                      S.NODE: "replay"}))
-            final = {"phase": "final", S.STATUS: S.OK, S.NODE: "replay",
-                     S.TRAIN_S: run.get(S.TRAIN_S), S.EVAL_S: run.get(S.EVAL_S),
-                     **{key: run.get(key) for key in (S.VAL_NLL, S.VAL_ACC, S.VAL_CLML,
-                                                      S.TEST_ACC, S.TEST_NLL, S.OBJECTIVE,
-                                                      S.STEPS_DONE)}}
-            heapq.heappush(events, (clock.now + wall, next(order), trial_id, "final", final))
+            live.add(trial_id)
+            for at, message in _recorded_run(recorded, campaign, request):
+                heapq.heappush(events, (clock.now + at, next(order), trial_id, message))
         if not live:
-            if config is None and queue.active:
+            if request is None and queue.active:
                 raise RuntimeError("replay stalled: campaigns wait with nothing running")
             return
-        at, _, trial_id, what, result = heapq.heappop(events)
+        at, _, trial_id, message = heapq.heappop(events)
         if trial_id not in live:
             continue  # stopped at an earlier report
         clock.now = at
-        if what == "epoch" and queue.report(trial_id, result) != STOP:
+        if isinstance(message, EpochReport) and \
+                queue.report(trial_id, message) != Decision.STOP:
             continue
-        del live[trial_id]
-        queue.complete(trial_id, result, error=False)
+        live.remove(trial_id)
+        queue.complete(trial_id, message if isinstance(message, FinalResult) else None)
+
+
+def _recorded_run(recorded: Recorded, campaign, request: TrialRequest):
+    """The messages a trial's recorded run sends, with their seconds into the run: its
+    epoch reports, then its final result (a failure if nothing was recorded for it)."""
+    run = recorded.lookup(campaign.task.name, campaign.seed, request.kind, request.hp)
+    if run is None:
+        return [(0.0, FinalResult(S.FAILED, node=NODE, error=f"no recorded {request.kind} "
+                                                             f"run for {request.hp}"))]
+    wall, curve = float(run[S.WALL_S]), recorded.curves.of(run)
+    if curve:  # the recorded reports, metrics and all, at their steps
+        messages = [(at, EpochReport(report[S.STEP],
+                                     {k: v for k, v in report.items() if k != S.STEP},
+                                     node=NODE))
+                    for at, report in zip(report_times(run, curve), curve)]
+    else:
+        epoch = _epoch_s(run)
+        messages = [(k * epoch, EpochReport(k, node=NODE))
+                    for k in range(1, math.ceil(wall / epoch))]
+    final = FinalResult(S.OK, {key: run.get(key) for key in SCORES},
+                        steps_done=run.get(S.STEPS_DONE), train_s=run.get(S.TRAIN_S),
+                        eval_s=run.get(S.EVAL_S), node=NODE)
+    return messages + [(wall, final)]

@@ -87,8 +87,6 @@ REPORT_COLUMNS = (SUITE, TASK, METHOD, SEED, TRIAL_ID, STEP, EPOCH, TRAIN_LOSS, 
 # loop's own training and evaluation seconds where fit reports them
 FIT_S = "fit_s"
 REPORTED = "reported"  # an epoch report's list of the method's own keys (Ray adds its own)
-# keys of a worker's epoch report that are the harness's, not the method's
-REPORT_ENVELOPE = ("phase", STEP, EPOCH, "node", STEPS_DONE, FIT_S, TRAIN_S, EVAL_S)
 
 # metadata.json: the label the analysis compares every method with (bench.rundir)
 REFERENCE = "reference"

@@ -17,6 +17,7 @@ from bench import schema as S
 from bench.errors import BenchError
 from bench.journal import AT, read_journal
 from bench.names import task_name
+from bench.protocol import Event, event_kind
 from bench.records import read_trials
 from bench.rundir import compute_unit, read_metadata, task_caps
 
@@ -119,14 +120,14 @@ def run_status(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         records: dict[int, list[dict]] = {}
         suggested: dict[int, set] = {}
         for e in events:
-            idx = e.get("campaign")
-            if e["event"] == "start":
+            idx, kind = e.get("campaign"), event_kind(e)
+            if kind == Event.START:
                 started.append(idx)
-            elif e["event"] == "done":
+            elif kind == Event.DONE:
                 done_idx.add(idx)
-            elif e["event"] == "suggest":
+            elif kind == Event.SUGGEST:
                 suggested.setdefault(idx, set()).add(e["trial"])
-            elif e["event"] == "complete":
+            elif kind == Event.COMPLETE:
                 records.setdefault(idx, []).append(e["row"])
         for idx in started:
             mine = records.get(idx, [])

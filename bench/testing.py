@@ -24,6 +24,7 @@ from typing import Any, Callable
 from bench import schema as S
 from bench.campaign import Campaign, CampaignQueue, MethodHookError, run_inline
 from bench.method import FitData, Method, search_space
+from bench.protocol import TrialRequest
 from bench.suite import Budget
 from bench.task import Task
 
@@ -176,17 +177,17 @@ def _live_run(cls: type[Method], options: dict, cap_s: float) -> _LiveRun:
         run.campaign = campaign
         campaign.worker_method = _Watched(campaign.worker_method, fail_first_fit=True)
         run.watched.append(campaign.worker_method)
-        original = campaign.next_config
+        original = campaign.next_request
 
         def checked_next(trial_id):
-            config = original(trial_id)
-            if isinstance(config, dict) and config["kind"] != S.RETRAIN:
-                why = _outside_space(config["hp"], space, learned=not cls.uses_validation)
+            request = original(trial_id)
+            if isinstance(request, TrialRequest) and request.kind != S.RETRAIN:
+                why = _outside_space(request.hp, space, learned=not cls.uses_validation)
                 if why:
-                    run.outside.append(f"{config['trial']}: {why}")
-            return config
+                    run.outside.append(f"{request.trial}: {why}")
+            return request
 
-        campaign.next_config = checked_next
+        campaign.next_request = checked_next
         run_inline(campaign)
     except Exception as err:  # noqa: BLE001 - reported by the check hooks_raise_nothing
         run.error = err

@@ -1,8 +1,10 @@
-"""One trial, as a worker runs it: fit the method at a configuration, evaluate, and emit
-a final record. No Ray here: the Ray runner and the inline runner both call it."""
+"""One trial, as a worker runs it: fit the method at the requested configuration,
+evaluate, and return the final result (``bench.protocol``). No Ray here: the Ray runner
+and the inline runner both call it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import socket
@@ -15,6 +17,7 @@ from bench import schema as S
 from bench.faults import inject_at_start, poisoned
 from bench.method import FitData, Method
 from bench.metrics import evaluate
+from bench.protocol import EpochReport, FinalResult, TrialRequest
 from bench.task import Task
 
 
@@ -38,6 +41,9 @@ def trial_device(gpus: float) -> str:
 
 @dataclass(frozen=True)
 class TrialSpec:
+    """What a worker needs beside the request: the campaign's task, seed and (unstarted)
+    method, and the resources its trials hold."""
+
     task: Task
     seed: int
     method: Method
@@ -45,20 +51,20 @@ class TrialSpec:
     gpus: float = 0.0
 
 
-def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -> dict:
-    """Fit and evaluate one trial; per-epoch reports go to ``emit`` (True: stop). Returns
-    the final record; a failure is a record too, never an exception."""
+def execute_trial(request: TrialRequest, spec: TrialSpec,
+                  emit: Callable[[EpochReport], bool]) -> FinalResult:
+    """Fit and evaluate one trial; its epoch reports go to ``emit`` (True: stop). A
+    failure is a result too (with its traceback), never an exception."""
     import torch
 
     started = time.perf_counter()
     torch.set_num_threads(spec.threads)
-    kind, hp, fault = config["kind"], config["hp"], config.get("fault")
-    final = {"phase": "final", S.NODE: socket.gethostname()}
+    node = socket.gethostname()
     try:
-        inject_at_start(fault)
+        inject_at_start(request.fault)
         data = task_data(spec.task, spec.seed, trial_device(spec.gpus))
-        make_network = poisoned(data.network, fault)
-        if kind == S.SEARCH:
+        make_network = poisoned(data.network, request.fault)
+        if request.kind == S.SEARCH:
             train, held_out = data.split()
             fit_data = FitData(spec.task, spec.seed, train, held_out, data.num_classes,
                                make_network)
@@ -69,26 +75,23 @@ def execute_trial(config: dict, spec: TrialSpec, emit: Callable[[dict], bool]) -
 
         fit_started = time.perf_counter()
 
-        def report(step: int, metrics: dict) -> bool:
+        def report(step: int, values: dict) -> bool:
             # what was measured so far travels with every report: a trial stopped at one
-            # (pruned, over budget) sends no final record
-            measured = {S.STEPS_DONE: step, S.FIT_S: time.perf_counter() - fit_started}
-            return bool(emit({"phase": "epoch", S.STEP: step, S.NODE: final[S.NODE],
-                              **measured, **metrics, S.REPORTED: sorted(metrics)}))
+            # (pruned, over budget) sends no final result
+            return bool(emit(EpochReport(step, values, steps_done=step,
+                                         fit_s=time.perf_counter() - fit_started, node=node)))
 
-        fitted = spec.method.fit(fit_data, hp, report)
+        fitted = spec.method.fit(fit_data, request.hp, report)
         eval_started = time.perf_counter()
         scores = evaluate(fitted.network.model, *held_out)
         eval_s = fitted.eval_s + time.perf_counter() - eval_started
-        prefix = "val" if kind == S.SEARCH else "test"
-        final |= {
-            S.STATUS: S.OK, f"{prefix}_nll": scores["nll"], f"{prefix}_acc": scores["acc"],
-            S.OBJECTIVE: fitted.objective, S.STEPS_DONE: fitted.steps_done,
-            S.TRAIN_S: fitted.train_s, S.EVAL_S: eval_s,
-            S.INFO: json.dumps(fitted.info | noise_info(data), default=float),
-        }
-    except Exception as err:  # noqa: BLE001 - a failing trial (MemoryError too) is a record
-        final |= {S.STATUS: S.FAILED, S.ERROR: f"{type(err).__name__}: {err}"[:500],
-                  "traceback": traceback.format_exc()[-2000:]}
-    final["worker_wall_s"] = time.perf_counter() - started
-    return final
+        prefix = "val" if request.kind == S.SEARCH else "test"
+        final = FinalResult(
+            S.OK, {f"{prefix}_nll": scores["nll"], f"{prefix}_acc": scores["acc"],
+                   S.OBJECTIVE: fitted.objective},
+            steps_done=fitted.steps_done, train_s=fitted.train_s, eval_s=eval_s,
+            info=json.dumps(fitted.info | noise_info(data), default=float), node=node)
+    except Exception as err:  # noqa: BLE001 - a failing trial (MemoryError too) is a result
+        final = FinalResult(S.FAILED, node=node, error=f"{type(err).__name__}: {err}"[:500],
+                            trace=traceback.format_exc()[-2000:])
+    return dataclasses.replace(final, worker_wall_s=time.perf_counter() - started)

@@ -7,6 +7,7 @@ the compute cap stops trials, which trials are retrained, and that a run rebuilt
 prefix of its journal finishes with the records of the uninterrupted run. A failed trial's
 traceback reaches its record."""
 
+import dataclasses
 import json
 import re
 
@@ -271,22 +272,23 @@ def test_a_failed_trial_records_the_traceback_the_worker_caught():
     campaign = Campaign("test", task, "listed", ListedMethod([{"lr": 0.1}, {"lr": 0.01}]),
                         SEED, Budget(), 0.0)
     spec = TrialSpec(task, SEED, campaign.worker_method, threads=1)
-    config = campaign.next_config("w0")
+    request = campaign.next_request("w0")
     campaign.trial_started("w0")
     # the fault raises inside the trial's error handling, before any data is loaded
     threads = torch.get_num_threads()
     try:
-        final = execute_trial({**config, "fault": "raise"}, spec, lambda result: False)
+        final = execute_trial(dataclasses.replace(request, fault="raise"), spec,
+                              lambda report: False)
     finally:
         torch.set_num_threads(threads)  # the worker sets its own; this process goes on
-    campaign.trial_complete("w0", final, error=False)
+    campaign.trial_complete("w0", final)
     row = campaign.rows[0]
     assert row[S.STATUS] == S.FAILED and row[S.ERROR] == "RuntimeError: injected fault"
     trace = row[S.ERROR_TRACE]
     assert trace.startswith("Traceback (most recent call last):")
     assert "inject_at_start" in trace and trace.rstrip().endswith("RuntimeError: injected fault")
     # a worker process that died sent no result: the record says so, with no traceback
-    campaign.next_config("w1")
+    campaign.next_request("w1")
     campaign.trial_complete("w1", None, error=True)
     assert campaign.rows[1][S.ERROR] == "trial process failed"
     assert campaign.rows[1][S.ERROR_TRACE] is None

@@ -15,6 +15,7 @@ import pytest
 
 from bench import schema as S
 from bench.campaign import Campaign
+from bench.protocol import FinalResult
 from bench.cli import main
 from bench.errors import BenchError
 from bench.run import check_resources
@@ -149,13 +150,12 @@ def test_resource_seconds_count_cpu_and_gpu_apart():
     campaign = Campaign("s", task, "grid", GridSearch(max_trials=1), 0,
                         Budget(workers=4, cpus_per_worker=2, gpus_per_worker=0.25, cap_s=100),
                         0.0, clock=clock)
-    config = campaign.next_config("t1")
+    request = campaign.next_request("t1")
     campaign.trial_started("t1")
     clock.now = 10.0
-    campaign.trial_complete("t1", {"phase": "final", S.STATUS: S.OK, S.VAL_NLL: 1.0,
-                                   S.TRAIN_S: 8.0, S.EVAL_S: 1.0}, error=False)
+    campaign.trial_complete("t1", FinalResult(S.OK, {S.VAL_NLL: 1.0}, train_s=8.0, eval_s=1.0))
     row = campaign.rows[0]
-    assert config["kind"] == S.SEARCH
+    assert request.kind == S.SEARCH
     assert row[S.WALL_S] == 10.0 and row[S.CPU_S] == 20.0 and row[S.GPU_S] == 2.5
     assert row[S.RESOURCE_S] == 22.5 and row[S.OVERHEAD_S] == 1.0
     assert campaign.spent_s == 22.5

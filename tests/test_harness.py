@@ -282,20 +282,21 @@ def test_a_stopped_trial_keeps_what_it_measured(cap_s, status):
     """Ray stops a pruned or over-budget trial at a report, with no final record: its row
     keeps the report's steps, seconds in fit and validation metrics, so its compute is
     not counted as the harness's overhead."""
-    from bench.campaign import STOP, Campaign
+    from bench.campaign import Campaign
+    from bench.protocol import Decision, EpochReport
 
     clock = _Clock()
     task = Task("digits", 60, "small-cnn", image_size=8, batch_size=16)
     campaign = Campaign("s", task, "p", _PrunesAll(trials=1), 0,
                         Budget(workers=1, cap_s=cap_s), 0.0, clock=clock)
-    campaign.next_config("ray1")
+    campaign.next_request("ray1")
     campaign.trial_started("ray1")
     clock.now = 10.0
-    report = {"phase": "epoch", S.STEP: 4, S.NODE: "n", S.STEPS_DONE: 4, S.FIT_S: 8.5,
-              S.TRAIN_LOSS: 1.5, S.VAL_NLL: 1.25, S.VAL_ACC: 0.5}
-    assert campaign.trial_report("ray1", report) == STOP
+    report = EpochReport(4, {S.TRAIN_LOSS: 1.5, S.VAL_NLL: 1.25, S.VAL_ACC: 0.5},
+                         steps_done=4, fit_s=8.5, node="n")
+    assert campaign.trial_report("ray1", report) == Decision.STOP
     clock.now = 11.0
-    campaign.trial_complete("ray1", None, error=False)  # what Tune hands a stopped trial
+    campaign.trial_complete("ray1", None)  # a stopped trial sends no final result
     row = campaign.rows[0]
     assert row[S.STATUS] == status and row[S.STEPS_DONE] == 4
     assert row[S.TRAIN_S] == 8.5 and row[S.OVERHEAD_S] == pytest.approx(2.5)
