@@ -264,14 +264,23 @@ def _seeds(origin: str, seeds: Any) -> list[int]:
 
 def _methods(origin: str, tables: Any) -> list[MethodSpec]:
     """The ``[methods.<label>]`` tables: each method's plugin (``method``, else the label)
-    and options. Not yet built or started: that needs the tasks."""
+    and options, built once (not started: ``check_starts`` does, on the tasks)."""
     if not (isinstance(tables, dict) and tables):
         raise BenchError(f"{origin}: no [methods.*] tables")
     methods = []
     for label, options in tables.items():
-        options = dict(_check_keys(f"{origin} [methods.{label}]", options, options or {}))
-        methods.append(MethodSpec(label, str(options.pop("method", label)),
-                                  tuple(sorted(options.items()))))
+        where = f"{origin} [methods.{label}]"
+        options = dict(_check_keys(where, options, options or {}))
+        spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
+        try:  # an unknown plugin or option: refused here, before any check that builds it
+            spec.build()
+        except BenchError as err:
+            raise BenchError(f"{where}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a plugin's constructor failing is bad input
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise BenchError(f"{where}: cannot build method {spec.plugin!r}: "
+                             f"{type(err).__name__}: {first}") from None
+        methods.append(spec)
     return methods
 
 
