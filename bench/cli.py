@@ -205,10 +205,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_replay(args) -> int:
-    from bench.replay_suite import require_replay
     from bench.suite import load_suite
 
-    return _replay(require_replay(load_suite(args.suite), args.suite), args)
+    return _replay(load_suite(args.suite, replay_only=True), args)
 
 
 def _replay(suite, args) -> int:

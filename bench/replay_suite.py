@@ -40,7 +40,7 @@ from bench.published import COMPUTE_UNIT, published_bo, record_set
 from bench.records import frame, write_json, write_table, write_text
 from bench.replay import SEPARATOR, SimulatedClock, load_recorded, simulate
 from bench.run_output import RunView, check_output_dir, now_stamp, run_metadata
-from bench.suite import Suite, parse_suite
+from bench.suite import NOT_REPLAY, Suite, parse_suite
 from bench.suite_records import is_published
 
 LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at most this often
@@ -48,20 +48,15 @@ LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at mo
 
 def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
     """``bench.suite.parse_suite``, refusing a suite that names no records."""
-    return require_replay(parse_suite(text, origin), origin)
-
-
-def require_replay(suite: Suite, origin: str) -> Suite:
-    if not suite.replay:
-        raise BenchError(f"{origin} is not a replay suite (it names no records = ...): "
-                         "run it with bench run")
-    return suite
+    return parse_suite(text, origin, replay_only=True)
 
 
 def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "") -> Path:
     """Replay ``suite`` into ``out`` (records, metadata), as ``bench.run.run_suite`` runs a
     live one: the same metadata, progress lines and live tables."""
-    records = require_replay(suite, f"suite {suite.name!r}").records
+    if not suite.replay:
+        raise BenchError(NOT_REPLAY.format(origin=f"suite {suite.name!r}"))
+    records = suite.records
     out = Path(out)
     check_output_dir(out, resumable=False)
     recorded = load_recorded(records.name, records.method)

@@ -209,14 +209,18 @@ def read_toml(text: str, origin: str) -> dict:
 
 SUITE_KEYS = ["name", "seeds", "budget", "tasks", "methods", "reference"]
 RECORDS_KEYS = ["records", "records_method", "bo"]  # a replay suite's own keys
+NOT_REPLAY = "{origin} is not a replay suite (it names no records = ...): run it with bench run"
 
 
-def parse_suite(text: str, origin: str = "suite") -> Suite:
+def parse_suite(text: str, origin: str = "suite", replay_only: bool = False) -> Suite:
     """A suite, live or (with a ``records`` field) replay: every key both have is checked
     here, by the same code; a replay suite's tasks and records in ``bench.suite_records``.
-    Every method is started on every task and seed before anything runs."""
+    Every method is started on every task and seed before anything runs. ``replay_only``:
+    a live suite is refused at once (``bench replay``)."""
     raw = read_toml(text, origin)
     replay = "records" in raw
+    if replay_only and not replay:
+        raise BenchError(NOT_REPLAY.format(origin=origin))
     _check_keys(origin, raw, SUITE_KEYS + RECORDS_KEYS)
     if not replay and (key := next((k for k in RECORDS_KEYS if k in raw), None)):
         raise BenchError(f"{origin}: {key} is a replay suite's key; a replay suite names its "
@@ -326,10 +330,12 @@ def _reference(origin: str, reference: Any, methods: list[MethodSpec]) -> str | 
     return reference
 
 
-def load_suite(path: str | Path) -> Suite:
+def load_suite(path: str | Path, replay_only: bool = False) -> Suite:
+    """The suite in the file at ``path``, live or replay (see ``parse_suite``)."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise BenchError(f"cannot read suite {path}: {err.strerror if isinstance(err, OSError) else err}") from None
-    return parse_suite(text, str(path))
+        raise BenchError(f"cannot read suite {path}: "
+                         f"{err.strerror if isinstance(err, OSError) else err}") from None
+    return parse_suite(text, str(path), replay_only)

@@ -120,11 +120,22 @@ def test_replay_keys_without_records_are_refused():
         parse_suite(LIVE.replace('name = "r"', 'name = "r"\nrecords_method = "grid"'))
 
 
-def test_bench_replay_refuses_a_plain_suite_in_one_line(tmp_path, capsys):
-    (tmp_path / "live.toml").write_text(LIVE)
+@pytest.mark.parametrize("text", [LIVE, LIVE.replace('"digits"', '"nope"')])
+def test_bench_replay_refuses_a_plain_suite_in_one_line(tmp_path, capsys, text):
+    (tmp_path / "live.toml").write_text(text)  # at once: its tasks are not even read
     assert main(["replay", str(tmp_path / "live.toml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "is not a replay suite" in err and "bench run" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_drivers_refuse_the_other_kind_of_suite(tmp_path):
+    from bench.run import run_suite
+
+    with pytest.raises(bench.suite.BenchError, match="replays records: bench replay"):
+        run_suite(parse_suite(REPLAY), tmp_path / "out")
+    with pytest.raises(bench.suite.BenchError, match="is not a replay suite"):
+        run_replay(parse_suite(LIVE), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
