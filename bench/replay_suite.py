@@ -1,16 +1,14 @@
 """Running a replay suite (``bench replay``): its search methods on recorded runs, in
-simulated time (``bench.replay.simulate``), into a run directory like ``bench run``'s.
+simulated time (``bench.replay.simulate``), into a run directory like ``bench run``'s, with
+the same metadata, progress lines and live tables (``bench.run_output``).
 
-A replay suite is a suite with a ``records`` field (``bench.suite``, which reads both;
-``bench.suite_records`` checks it against the records):
+A replay suite is a suite with a ``records`` field: ``bench.suite`` reads both kinds (its
+docstring shows the replay keys) and ``bench.suite_records`` checks one against its
+records. E.g. ``suites/replay-cifar10-resnet50.toml``:
 
     name = "replay-cifar10-resnet50"
-    records = "published:cifar10-resnet50"   # bench list records, or a run directory;
-                                             # a list of published record sets (their
-                                             # tasks are named apart) for one suite on all
+    records = "published:cifar10-resnet50-v1"
     seeds = [1001, 2001, 3001]               # the records' seeds
-    # records_method = "grid"                # a run directory: only this label's runs
-    bo = true                                # add the study's BO traces (where published)
 
     [budget]
     workers = 1
@@ -18,7 +16,7 @@ A replay suite is a suite with a ``records`` field (``bench.suite``, which reads
     cap_s = 1e12
 
     [[tasks]]
-    name = "cifar10-resnet50-N100"           # a task of the records
+    name = "cifar10-resnet50-v1-N100"        # a task of the records
     cap_s = 40000                            # optional
 
     [methods.grid]
