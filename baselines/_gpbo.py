@@ -7,8 +7,8 @@ from __future__ import annotations
 import optuna
 
 from baselines._optuna import OptunaSearch
-from bench.method import Context
-from bench.options import require_int
+from bench.contract.method import Context
+from bench.contract.options import require_int
 
 
 class GPBOSearch(OptunaSearch):

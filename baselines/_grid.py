@@ -16,9 +16,9 @@ import itertools
 
 import numpy as np
 
-from bench.errors import BenchError
-from bench.method import FINISHED, Context, Method
-from bench.options import require_bool, require_int
+from bench.contract.errors import BenchError
+from bench.contract.method import FINISHED, Context, Method
+from bench.contract.options import require_bool, require_int
 
 SELECTION_RULES = ("val_nll", "clml")
 

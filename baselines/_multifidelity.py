@@ -10,9 +10,9 @@ from __future__ import annotations
 import optuna
 
 from baselines._optuna import EpochPruningSearch, task_epochs
-from bench.errors import BenchError
-from bench.method import Context
-from bench.options import require_int
+from bench.contract.errors import BenchError
+from bench.contract.method import Context
+from bench.contract.options import require_int
 
 
 def require_resources(task, min_resource, reduction_factor) -> None:

@@ -14,10 +14,10 @@ import math
 
 import optuna
 
-from bench.errors import BenchError
-from bench.method import FINISHED, Context, Method, Result
-from bench.options import require_int
-from bench.schema import OK, PRUNED
+from bench.contract.errors import BenchError
+from bench.contract.method import FINISHED, Context, Method, Result
+from bench.contract.options import require_int
+from bench.contract.schema import OK, PRUNED
 
 
 class OptunaSearch(Method):
@@ -144,9 +144,9 @@ def task_epochs(task) -> int | None:
     it from its records (None: they hold no per-epoch reports)."""
     if hasattr(task, "epochs"):  # a replay's RecordedTask
         return task.epochs
-    from bench.task import VAL_FRACTION  # loaded already wherever a Task exists
+    from bench.zoo.task import VAL_FRACTION  # loaded already wherever a Task exists
 
-    n_train = task.n - max(1, round(VAL_FRACTION * task.n))  # as bench.data.stratified_split
+    n_train = task.n - max(1, round(VAL_FRACTION * task.n))  # as bench.zoo.data.stratified_split
     per_epoch = math.ceil(n_train / task.batch_size)
     return math.ceil(task.steps / per_epoch)
 

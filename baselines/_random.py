@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
-from bench.method import FINISHED, Context, Method
-from bench.options import require_int
-from bench.space import Param
+from bench.contract.method import FINISHED, Context, Method
+from bench.contract.options import require_int
+from bench.contract.space import Param
 
 
 def sample(param: Param, rng: np.random.Generator, discrete: bool = False) -> float:

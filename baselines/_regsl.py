@@ -1,7 +1,7 @@
 """``regsl``: regularized self-labeling (Li & Zhang 2021) tuned by a search method.
 
 The authors' method is layer-wise Frobenius distance constraints (``layerwise``) plus
-self-labeling (label correction and loss reweighting, ``bench.selflabel``), with the
+self-labeling (label correction and loss reweighting, ``bench.worker.selflabel``), with the
 constraint radii tuned by Optuna. Here any search method plugin (``search``: grid, random,
 tpe, ...) tunes the learning rate, the radii (D, scale, D_head) and, unless
 ``tune_temperature = false``, the reweighting temperature T; every trial trains with the
@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench.errors import BenchError
-from bench.method import Context, FitData, Fitted, Method, Report, Result
-from bench.options import require_bool
-from bench.plugins import build_method
-from bench.regularizers import LayerwiseConstraint
-from bench.selflabel_config import SelfLabelingConfig
+from bench.contract.errors import BenchError
+from bench.contract.method import Context, FitData, Fitted, Method, Report, Result
+from bench.contract.options import require_bool
+from bench.contract.plugins import build_method
+from bench.zoo.regularizers import LayerwiseConstraint
+from bench.zoo.selflabel_config import SelfLabelingConfig
 
 TEMPERATURE = next(p for p in SelfLabelingConfig.SPACE if p.name == "temperature")
 
@@ -86,9 +86,9 @@ class RegularizedSelfLabeling(Method):
         self._search().on_result(result)
 
     def fit(self, data: FitData, config: dict[str, float], report: Report) -> Fitted:
-        from bench.fit import standard_fit  # worker side only: imports torch
-        from bench.regularizers import make_regularizer
-        from bench.selflabel import SelfLabeling
+        from bench.worker.fit import standard_fit  # worker side only: imports torch
+        from bench.zoo.regularizers import make_regularizer
+        from bench.worker.selflabel import SelfLabeling
 
         radii = {p.name: config[p.name] for p in LayerwiseConstraint.space}
         base = data.task.self_labeling or SelfLabelingConfig()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import optuna
 
 from baselines._optuna import OptunaSearch, PruningSearch
-from bench.errors import BenchError
-from bench.method import Context
-from bench.options import require_int
+from bench.contract.errors import BenchError
+from bench.contract.method import Context
+from bench.contract.options import require_int
 
 # Pruners by name, made for a task's optimiser steps. Successive halving's min_resource is
 # what its "auto" would estimate from a finished trial (last step / 100), fixed up front:

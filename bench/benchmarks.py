@@ -12,10 +12,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.records import read_table
-from bench.regularizers import L2SP, Regularizer
-from bench.task import Task
-from bench.train import TrainConfig, batch_stream, fine_tune
+from bench.records.records import read_table
+from bench.training.train import TrainConfig, batch_stream, fine_tune
+from bench.zoo.regularizers import L2SP, Regularizer
+from bench.zoo.task import Task
 
 CASES = (("efficientnet-lite0", 32), ("efficientnet-lite0", 64), ("small-cnn", 28))
 
@@ -134,8 +134,8 @@ def overhead_shares(run_dir) -> dict:
     import json
     from pathlib import Path
 
-    from bench import schema as S
-    from bench.errors import BenchError
+    from bench.contract import schema as S
+    from bench.contract.errors import BenchError
 
     try:
         meta = json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
@@ -180,8 +180,8 @@ def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> lis
     import tempfile
     from pathlib import Path
 
-    from bench.run import run_suite
-    from bench.suite import load_suite
+    from bench.driver.run import run_suite
+    from bench.driver.suite import load_suite
 
     suite = load_suite(suite_path)
     rows = []

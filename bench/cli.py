@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.contract.errors import BenchError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,20 +31,20 @@ def _key_value(text: str) -> tuple[str, float]:
 
 def _cmd_list(args) -> int:
     if args.what == "datasets":
-        from bench.data import DATASETS
+        from bench.zoo.data import DATASETS
 
         for info in DATASETS.values():
             where = "offline" if info.offline else "online"
             print(f"{info.name:15} {where:8} {info.description}  [get: {info.how_to_get}]")
     elif args.what == "backbones":
-        from bench.backbones import BACKBONES
+        from bench.zoo.backbones import BACKBONES
 
         for info in BACKBONES.values():
             print(f"{info.name:20} offline  {info.description}; default {info.default_size}px, "
                   f"min {info.min_size}px")
         print(f"{'tv:<arch>':20} online   any torchvision classification model, e.g. tv:resnet50")
     elif args.what == "methods":
-        from bench.plugins import available_methods, method_class
+        from bench.contract.plugins import available_methods, method_class
 
         for name in sorted(available_methods()):
             cls = method_class(name)
@@ -53,7 +53,7 @@ def _cmd_list(args) -> int:
             first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]  # first sentence
             print(f"{name:16} {kind}  {first}")
     elif args.what == "records":
-        from bench.published import RECORD_SETS, summary
+        from bench.records.published import RECORD_SETS, summary
 
         print(f"{'record set':32} {'data set':16} {'model':14} {'N':25} {'seeds':15} "
               f"{'configs':8} {'GPU-h':>6}  extra")
@@ -69,7 +69,7 @@ def _cmd_list(args) -> int:
         print("configs: per (N, seed), in the order of N; GPU-h: A100 hours of the grid's "
               "tuned and retrained runs")
     else:
-        from bench.regularizers import REGULARIZERS
+        from bench.zoo.regularizers import REGULARIZERS
 
         for cls in REGULARIZERS.values():
             space = ", ".join(
@@ -80,12 +80,12 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from bench.options import require_seed
-    from bench.preflight import check_data_fits
-    from bench.regularizers import make_regularizer
-    from bench.suite import check_task_values
-    from bench.task import Task
-    from bench.train import TrainConfig, fine_tune
+    from bench.contract.options import require_seed
+    from bench.driver.preflight import check_data_fits
+    from bench.zoo.regularizers import make_regularizer
+    from bench.driver.suite import check_task_values
+    from bench.zoo.task import Task
+    from bench.training.train import TrainConfig, fine_tune
 
     require_seed("train: --seed", args.seed)
     task = Task(dataset=args.dataset, n=args.n, backbone=args.backbone,
@@ -122,14 +122,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    from bench.backbones import pretrain_small_cnn
+    from bench.zoo.backbones import pretrain_small_cnn
 
     print(pretrain_small_cnn(force=args.force))
     return 0
 
 
 def _cmd_benchmark(args) -> int:
-    from bench.options import require_int
+    from bench.contract.options import require_int
 
     # every number is checked before the first line of figures is printed
     for flag in ("steps", "batch_size", "repeats"):
@@ -159,7 +159,7 @@ def _cmd_benchmark(args) -> int:
 def _method_bug(err: BaseException) -> int:
     """A method's hook raised (``MethodHookError``, maybe wrapped by Ray Tune): say which
     method and hook, with the traceback, and exit 1; any other error is re-raised."""
-    from bench.campaign import MethodHookError
+    from bench.driver.campaign import MethodHookError
 
     cause, seen = err, set()
     while cause is not None and id(cause) not in seen:
@@ -172,8 +172,8 @@ def _method_bug(err: BaseException) -> int:
 
 
 def _cmd_run(args) -> int:
-    from bench.run import RunStopped, run_suite
-    from bench.suite import load_suite
+    from bench.driver.run import RunStopped, run_suite
+    from bench.driver.suite import load_suite
 
     suite = load_suite(args.suite)
     if args.resume and args.out:
@@ -205,13 +205,13 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_replay(args) -> int:
-    from bench.suite import load_suite
+    from bench.driver.suite import load_suite
 
     return _replay(load_suite(args.suite, replay_only=True), args)
 
 
 def _replay(suite, args) -> int:
-    from bench.replay_suite import run_replay
+    from bench.driver.replay_suite import run_replay
 
     out = Path(args.out or Path("runs") / suite.name)
     try:
@@ -222,16 +222,18 @@ def _replay(suite, args) -> int:
 
 
 def _summarize(out: Path) -> int:
-    from bench.run import summarize
+    """Plot and report a finished run directory."""
+    from bench.analysis.plots import plot_run
+    from bench.analysis.report import report_run
 
-    paths, report = summarize(out)
+    paths, report = plot_run(out), report_run(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
     return 0
 
 
 def _cmd_plot(args) -> int:
-    from bench.plots import plot_run
+    from bench.analysis.plots import plot_run
 
     methods = [m for text in args.methods or [] for m in text.split(",") if m] or None
     for path in plot_run(args.run_dir, methods=methods, band=args.band):
@@ -240,14 +242,14 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from bench.report import report_run
+    from bench.analysis.report import report_run
 
     print(report_run(args.run_dir))
     return 0
 
 
 def _cmd_compare(args) -> int:
-    from bench.compare import compare_runs
+    from bench.analysis.compare import compare_runs
 
     text, paths = compare_runs(args.run_dirs, args.out)
     print(text)
@@ -256,14 +258,14 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from bench.status import format_status, run_status
+    from bench.analysis.status import format_status, run_status
 
     print(format_status(*run_status(args.run_dir)))
     return 0
 
 
 def _cmd_export(args) -> int:
-    from bench.records import export_csv
+    from bench.records.records import export_csv
 
     for path in export_csv(args.run_dir):
         print(path)

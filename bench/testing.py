@@ -21,12 +21,12 @@ import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from bench import schema as S
-from bench.campaign import Campaign, CampaignQueue, MethodHookError, run_inline
-from bench.method import FitData, Method, search_space
-from bench.protocol import TrialRequest
-from bench.suite import Budget
-from bench.task import Task
+from bench.contract import schema as S
+from bench.contract.method import FitData, Method, search_space
+from bench.contract.protocol import TrialRequest
+from bench.driver.campaign import Campaign, CampaignQueue, MethodHookError, run_inline
+from bench.driver.suite import Budget
+from bench.zoo.task import Task
 
 TINY_TASK = Task(dataset="digits", n=60, backbone="small-cnn", image_size=8, steps=6,
                  batch_size=16, test_limit=90, name="check-method-digits")
@@ -198,7 +198,7 @@ def _recorded():
     """A small recorded table: the published ResNet-50 L2-SP grid (real runs), one task
     and seed of it. Loaded once per process."""
     if "recorded" not in _RUNS:
-        from bench.replay import RecordedTask, Recorded, load_records
+        from bench.driver.replay import RecordedTask, Recorded, load_records
 
         recorded = Recorded(load_records(REPLAY_RECORDS))
         name = recorded.tasks()[0]
@@ -217,7 +217,7 @@ def _replay_run(cls: type[Method], options: dict) -> _ReplayRun:
     key = _key("replay", cls, options, 0.0)
     if key in _RUNS:
         return _RUNS[key]
-    from bench.replay import SimulatedClock, simulate
+    from bench.driver.replay import SimulatedClock, simulate
 
     run = _RUNS[key] = _ReplayRun()
     recorded, task, seed, grid_s = _recorded()

@@ -22,9 +22,9 @@ The training side (the variational hook, the run, the final objective) is
 
 from __future__ import annotations
 
-from bench.errors import BenchError
-from bench.method import FitData, Fitted, Report
-from bench.options import is_number, require_int, require_positive
+from bench.contract.errors import BenchError
+from bench.contract.method import FitData, Fitted, Report
+from bench.contract.options import is_number, require_int, require_positive
 from methods._sweep import LearnedMethod
 
 DATA_EMPHASIZED = "data-emphasized"

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bench.errors import BenchError
-from bench.fit import epoch_metrics
-from bench.method import FitData, Fitted, Report
-from bench.train import Hook, Loop, TrainConfig, TrainingDiverged, fine_tune
+from bench.contract.errors import BenchError
+from bench.contract.method import FitData, Fitted, Report
+from bench.training.train import Hook, Loop, TrainConfig, TrainingDiverged, fine_tune
+from bench.worker.fit import epoch_metrics
 from methods._sweep import centred_at_pretrained
 
 if TYPE_CHECKING:

@@ -57,9 +57,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.data import Split
-from bench.options import require_int
-from bench.network import Network
+from bench.contract.options import require_int
+from bench.zoo.data import Split
+from bench.zoo.network import Network
 from methods._marglik import MarglikMethod, PriorGroups, RoundRecord, check_choice
 
 HESSIANS = ("diag", "kron", "full")

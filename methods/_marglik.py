@@ -34,11 +34,11 @@ from typing import Protocol
 
 import torch
 
-from bench.data import Split
-from bench.errors import BenchError
-from bench.method import FitData, Fitted, Report
-from bench.network import Network
-from bench.options import is_number, require_int, require_positive
+from bench.contract.errors import BenchError
+from bench.contract.method import FitData, Fitted, Report
+from bench.contract.options import is_number, require_int, require_positive
+from bench.zoo.data import Split
+from bench.zoo.network import Network
 from methods._sweep import LearnedMethod
 
 LIKELIHOODS = ("classification", "regression")

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.data import Split
-from bench.fit import epoch_metrics
-from bench.method import FitData, Fitted, Report
-from bench.network import Network
-from bench.options import require_int
-from bench.train import Hook, Loop, TrainConfig, fine_tune
+from bench.contract.method import FitData, Fitted, Report
+from bench.contract.options import require_int
+from bench.training.train import Hook, Loop, TrainConfig, fine_tune
+from bench.worker.fit import epoch_metrics
+from bench.zoo.data import Split
+from bench.zoo.network import Network
 from methods._marglik import (KEEPS, LIKELIHOODS, Estimator, PriorGroups, RoundSchedule,
                               check_choice)
 from methods._sweep import centred_at_pretrained
@@ -131,7 +131,7 @@ def marglik_fit(net: Network, train: Split, estimator: Estimator, groups: PriorG
                 report: Report | None = None) -> MarglikRun:
     """MAP training on the shared loop with hyperparameter rounds (module docstring).
 
-    The optimiser, schedule and seeding are ``bench.train.fine_tune``'s. The network is
+    The optimiser, schedule and seeding are ``bench.training.train.fine_tune``'s. The network is
     left at its final parameters (``keep="final"``) or at those of the round with the
     best value (``keep="best"``, BatchNorm statistics and precisions too).
     ``report(step, metrics)`` is called at every epoch end; True stops training."""

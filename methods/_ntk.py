@@ -59,10 +59,10 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from bench.data import Split
-from bench.errors import BenchError
-from bench.options import require_bool, require_int, require_positive
-from bench.network import Network
+from bench.contract.errors import BenchError
+from bench.contract.options import require_bool, require_int, require_positive
+from bench.zoo.data import Split
+from bench.zoo.network import Network
 from methods._marglik import MarglikMethod, PriorGroups, RoundRecord, check_choice
 
 KERNELS = ("full", "independent", "single")
@@ -348,7 +348,7 @@ def ntk_scaling_benchmark(backbone: str = "small-cnn", dataset: str | None = Non
     ``laplace_hyper_steps`` marginal-likelihood Adam steps) as N grows; print a table with
     the time ratios against the smallest N (goal of the NTK bound: about 1x for 10x N).
     Times are medians over ``repeats`` (the Laplace fit: ``repeats`` too). Returns the rows."""
-    from bench.task import Task
+    from bench.zoo.task import Task
     from methods._laplace import LaplaceEstimator
 
     if threads:

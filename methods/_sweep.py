@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from bench import schema as S
-from bench.errors import BenchError
-from bench.method import FINISHED, Context, Method, Result
-from bench.options import require_bool, require_positives
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.contract.method import FINISHED, Context, Method, Result
+from bench.contract.options import require_bool, require_positives
 
 PRIOR_FAMILIES = ("l2sp", "wd")
 

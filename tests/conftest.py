@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.network import Network
+from bench.zoo.network import Network
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Layering rules a contributor could break without noticing."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_method_contract_imports_neither_torch_nor_ray_nor_the_training_code():
-    code = ("import sys, bench.method, bench.space, bench.options; "
-            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'bench.train', 'bench.fit') "
+    code = ("import sys, bench.contract.method, bench.contract.space, bench.contract.options; "
+            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'bench.training.train', 'bench.worker.fit') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -20,16 +21,76 @@ def test_reading_a_suite_and_starting_every_plugin_imports_no_training_code():
     # a suite is read and checked in the driver before anything runs: the training loop,
     # the learned methods' fit modules, laplace and Ray load on workers only
     code = ("import sys\n"
-            "from bench.method import Context\n"
-            "from bench.plugins import available_methods, build_method\n"
-            "from bench.suite import load_suite\n"
+            "from bench.contract.method import Context\n"
+            "from bench.contract.plugins import available_methods, build_method\n"
+            "from bench.driver.suite import load_suite\n"
             "suite = load_suite('suites/smoke.toml')\n"
             "for name in available_methods():\n"
             "    for task in suite.tasks:\n"
             "        build_method(name, {}).start(Context.of(task, 0, suite.budget, False))\n"
-            "print(sorted(m for m in ('bench.train', 'bench.fit', 'bench.selflabel', "
+            "print(sorted(m for m in ('bench.training.train', 'bench.worker.fit', 'bench.worker.selflabel', "
             "'methods._de_elbo_fit', 'methods._marglik_fit', 'laplace', 'ray') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.strip()
     assert out == "[]"
+
+
+# bench's subpackages, lowest first: a module imports only from its own layer or below
+# (the command line, bench.testing and bench.benchmarks sit on top and may import any)
+LAYERS = ("contract", "training", "zoo", "worker", "records", "driver", "analysis")
+# what the contract (what plugins, backends and records agree on) must never pull in
+HEAVY = ("torch", "torchvision", "ray", "optuna", "laplace", "pandas", "numpy", "matplotlib")
+
+
+def _imports(path: Path, package: str) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path``, in functions too; imports made only
+    for type checkers (``if TYPE_CHECKING:``) are left out."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            out += [(node.lineno, f"{base}.{a.name}") for a in node.names] + [
+                (node.lineno, base)]
+    return out
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "bench" or len(parts) < 2:
+        return None
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else len(LAYERS)
+
+
+def test_every_subpackage_imports_only_its_own_layer_or_below():
+    upward = []
+    for layer, name in enumerate(LAYERS):
+        for path in sorted((ROOT / "bench" / name).glob("*.py")):
+            for line, target in _imports(path, f"bench.{name}"):
+                there = _layer(target)
+                if there is not None and there > layer:
+                    upward.append(f"bench/{name}/{path.name}:{line} imports {target}")
+    assert upward == []
+
+
+def test_bench_has_no_loose_modules_but_its_entry_points():
+    loose = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "benchmarks.py", "cli.py", "testing.py"]
+
+
+def test_the_contract_imports_nothing_heavy_even_lazily():
+    heavy = [f"{path.name}:{line} imports {target}"
+             for path in sorted((ROOT / "bench" / "contract").glob("*.py"))
+             for line, target in _imports(path, "bench.contract")
+             if target.split(".")[0] in HEAVY]
+    assert heavy == []

@@ -15,16 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import schema as S
-from bench.campaign import Campaign, CampaignQueue
-from bench.errors import BenchError
-from bench.journal import AT, Journal, read_journal
-from bench.method import FINISHED, Method
-from bench.records import comparable, frame
-from bench.replay import Recorded, RecordedTask, SimulatedClock, simulate
-from bench.suite import Budget
-from bench.task import Task
-from bench.trial import TrialSpec, execute_trial
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.contract.method import FINISHED, Method
+from bench.driver.campaign import Campaign, CampaignQueue
+from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.driver.suite import Budget
+from bench.records.journal import AT, Journal, read_journal
+from bench.records.records import comparable, frame
+from bench.worker.trial import TrialSpec, execute_trial
+from bench.zoo.task import Task
 
 TASK = "toy"
 SEED = 0

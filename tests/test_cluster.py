@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import schema as S
-from bench.campaign import Campaign
-from bench.protocol import FinalResult
 from bench.cli import main
-from bench.errors import BenchError
-from bench.run import check_resources
-from bench.suite import Budget, parse_suite
-from bench.task import Task
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.contract.protocol import FinalResult
+from bench.driver.campaign import Campaign
+from bench.driver.run import check_resources
+from bench.driver.suite import Budget, parse_suite
+from bench.zoo.task import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -53,7 +53,7 @@ class _Node:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        from bench.ray_processes import _stat, descendants
+        from bench.driver.ray_processes import _stat, descendants
 
         below = [(pid, _stat(pid)) for pid in descendants(self.proc.pid)]
         self.proc.terminate()

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
-from bench import schema as s
+from bench.analysis.compare import compare_runs, compare_scores, friedman_nemenyi
+from bench.analysis.status import format_status, run_status
 from bench.cli import main
-from bench.compare import compare_runs, compare_scores, friedman_nemenyi
-from bench.records import write_json, write_table
-from bench.status import format_status, run_status
+from bench.contract import schema as s
+from bench.records.records import write_json, write_table
 
 
 def learned_runs(task, method, seed, *runs) -> list[dict]:
@@ -221,8 +221,8 @@ max_trials = 1
 
 
 def test_suite_reference_defaults_to_the_first_grid_plugin():
-    from bench.errors import BenchError
-    from bench.suite import parse_suite
+    from bench.contract.errors import BenchError
+    from bench.driver.suite import parse_suite
 
     assert parse_suite(REFERENCE_SUITE).reference == "full"  # not the label "grid"
     assert parse_suite('reference = "random"\n' + REFERENCE_SUITE).reference == "random"

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import schema as S
-from bench.convergence import convergence_markdown, loss_profile
-from bench.network import Network
-from bench.train import Hook, TrainConfig, fine_tune
+from bench.analysis.convergence import convergence_markdown, loss_profile
+from bench.contract import schema as S
+from bench.training.train import Hook, TrainConfig, fine_tune
+from bench.zoo.network import Network
 
 
 def _tables():

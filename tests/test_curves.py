@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import schema as s
-from bench.curves import (
-    aggregate_curves, anytime_curves, compute_to_target, final_points, grid_bootstrap,
-    sweep_best,
-)
-from bench.errors import BenchError
-from bench.plots import plain_number, plot_run, plot_tradeoff
-from bench.records import write_json, write_table
-from bench.report import paired_differences, report_markdown, report_run
-from bench.rundir import compute_unit, default_reference
-from bench.stats import mean_interval, wilcoxon_p
+from bench.analysis.curves import (
+                                   aggregate_curves, anytime_curves, compute_to_target, final_points, grid_bootstrap,
+                                   sweep_best,
+                                   )
+from bench.analysis.plots import plain_number, plot_run, plot_tradeoff
+from bench.analysis.report import paired_differences, report_markdown, report_run
+from bench.analysis.stats import mean_interval, wilcoxon_p
+from bench.contract import schema as s
+from bench.contract.errors import BenchError
+from bench.records.records import write_json, write_table
+from bench.records.rundir import compute_unit, default_reference
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "bench" / "published"  # shipped copy
 

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
-from bench.data import load_dataset, prepare_images, stratified_indices, stratified_split, subsample
-from bench.errors import BenchError
+from bench.contract.errors import BenchError
+from bench.zoo import data
+from bench.zoo.data import (load_dataset, prepare_images, stratified_indices, stratified_split,
+                            subsample)
 
 
 @pytest.mark.parametrize("name, size, train, test", [

@@ -11,16 +11,16 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 
-from bench import schema as S
-from bench.campaign import Campaign, run_inline
-from bench.curves import anytime_curves
-from bench.method import FINISHED, FitData
-from bench.protocol import TrialRequest
-from bench.suite import Budget
-from bench.task import Task
+from bench.analysis.curves import anytime_curves
+from bench.contract import schema as S
+from bench.contract.method import FINISHED, FitData
+from bench.contract.protocol import TrialRequest
+from bench.driver.campaign import Campaign, run_inline
+from bench.driver.suite import Budget
 from bench.testing import TINY_TASK, check_method
-from bench.train import TrainingDiverged
-from bench.trial import TrialSpec, execute_trial, task_data
+from bench.training.train import TrainingDiverged
+from bench.worker.trial import TrialSpec, execute_trial, task_data
+from bench.zoo.task import Task
 from methods._de_elbo import DEELBo, PlainELBo
 from methods._de_elbo_fit import profiled_prior
 

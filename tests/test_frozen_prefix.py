@@ -6,9 +6,9 @@ import io
 import pytest
 import torch
 
-from bench.backbones import backbone_info, build_backbone
-from bench.errors import BenchError
-from bench.task import Task
+from bench.contract.errors import BenchError
+from bench.zoo.backbones import backbone_info, build_backbone
+from bench.zoo.task import Task
 
 
 def _net(seed=0):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import schema as S
 from bench.cli import main
-from bench.errors import BenchError
-from bench.suite import Budget, parse_suite
-from bench.task import Task
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.driver.suite import Budget, parse_suite
+from bench.zoo.task import Task
 from baselines import RandomSearch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,8 +282,8 @@ def test_a_stopped_trial_keeps_what_it_measured(cap_s, status):
     """Ray stops a pruned or over-budget trial at a report, with no final record: its row
     keeps the report's steps, seconds in fit and validation metrics, so its compute is
     not counted as the harness's overhead."""
-    from bench.campaign import Campaign
-    from bench.protocol import Decision, EpochReport
+    from bench.driver.campaign import Campaign
+    from bench.contract.protocol import Decision, EpochReport
 
     clock = _Clock()
     task = Task("digits", 60, "small-cnn", image_size=8, batch_size=16)
@@ -313,7 +313,7 @@ def test_the_next_driver_cleans_up_the_ray_a_killed_driver_left(tmp_path):
     import signal
     import time
 
-    from bench import ray_processes
+    from bench.driver import ray_processes
 
     suite = tmp_path / "s.toml"
     suite.write_text(BASE.replace("trials = 1", "trials = 3") + "[budget]\nworkers = 1\n")
@@ -353,7 +353,7 @@ def test_reap_stops_only_recorded_processes_of_this_host(tmp_path):
     import platform
     import tempfile
 
-    from bench import ray_processes
+    from bench.driver import ray_processes
 
     proc = subprocess.Popen(["sleep", "300"])  # stands in for a dead driver's raylet
     try:

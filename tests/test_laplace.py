@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.method import FitData
-from bench.network import Network
+from bench.contract.method import FitData
 from bench.testing import TINY_TASK, check_method
+from bench.zoo.network import Network
 from methods._laplace import LaplaceEstimator, LaplaceMarglik, laplace_log_marglik
 from methods._ntk import NTKMarglik, draw_subset, ntk_bound, subset_terms
 from methods._marglik import PriorGroups, RoundRecord, RoundSchedule
@@ -223,8 +223,8 @@ def test_check_method_ntk():
 
 
 def test_sweep_then_finished():
-    from bench.method import FINISHED, Context
-    from bench.suite import Budget
+    from bench.contract.method import FINISHED, Context
+    from bench.driver.suite import Budget
 
     method = LaplaceMarglik(lrs=(0.1, 1e-3))
     method.start(Context.of(TINY_TASK, 0, Budget()))
@@ -391,9 +391,9 @@ def test_a_late_run_has_its_first_round_at_the_burnin_fraction():
 @pytest.mark.parametrize("bad", [{"keep": "middle"}, {"schedule": "often"}, {"burnin": 1.0},
                                  {"burnin": -0.1}, {"rounds": 0}])
 def test_bad_schedule_options_are_refused(bad):
-    from bench.errors import BenchError
-    from bench.method import Context
-    from bench.suite import Budget
+    from bench.contract.errors import BenchError
+    from bench.contract.method import Context
+    from bench.driver.suite import Budget
 
     with pytest.raises(BenchError):
         LaplaceMarglik(**bad).start(Context.of(TINY_TASK, 0, Budget()))

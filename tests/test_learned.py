@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import schema as S
-from bench.campaign import Campaign, run_inline
 from bench.cli import main
-from bench.errors import BenchError
-from bench.method import Context
-from bench.records import frame
-from bench.suite import Budget, parse_suite
-from bench.task import Task
-from bench.trial import task_data
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.contract.method import Context
+from bench.driver.campaign import Campaign, run_inline
+from bench.driver.suite import Budget, parse_suite
+from bench.records.records import frame
+from bench.worker.trial import task_data
+from bench.zoo.task import Task
 from methods._de_elbo import DEELBo
 from methods._de_elbo_fit import VariationalHook
 from methods._laplace import LaplaceMarglik

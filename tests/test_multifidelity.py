@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from baselines import ASHASearch, GPBOSearch, GridSearch, HyperbandSearch
-from bench import schema as S
-from bench.campaign import Campaign, run_inline
 from bench.cli import main
-from bench.records import frame, write_table
-from bench.replay_suite import parse_replay_suite, run_replay
-from bench.space import Param
-from bench.suite import Budget
-from bench.task import Task
+from bench.contract import schema as S
+from bench.contract.space import Param
+from bench.driver.campaign import Campaign, run_inline
+from bench.driver.replay_suite import parse_replay_suite, run_replay
+from bench.driver.suite import Budget
+from bench.records.records import frame, write_table
 from bench.testing import check_method
+from bench.zoo.task import Task
 
 
 @pytest.mark.parametrize("cls, options", [

@@ -1,4 +1,4 @@
-"""Label noise (bench.noise) and self-labeling (bench.selflabel), Li & Zhang 2021."""
+"""Label noise (bench.zoo.noise) and self-labeling (bench.worker.selflabel), Li & Zhang 2021."""
 
 import math
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from scipy import stats
 
-from bench.errors import BenchError
-from bench.noise import LabelNoise
-from bench.selflabel import (AUTHORS_EPOCHS, SelfLabelingConfig, authors_epoch, relabel,
-                             reweighting, temperature_at)
-from bench.suite import parse_suite
-from bench.task import Task
+from bench.contract.errors import BenchError
+from bench.driver.suite import parse_suite
+from bench.worker.selflabel import (AUTHORS_EPOCHS, SelfLabelingConfig, authors_epoch, relabel,
+                                    reweighting, temperature_at)
+from bench.zoo.noise import LabelNoise
+from bench.zoo.task import Task
 
 C = 10
 P_FAIL = 1e-6  # each binomial check may fail by chance this rarely
@@ -177,7 +177,7 @@ def test_bad_self_labeling_is_one_line_naming_the_field(table, field):
 
 
 def test_self_labeling_options_join_the_search_space_when_named():
-    from bench.space import Param
+    from bench.contract.space import Param
 
     task = Task("digits", 100, "small-cnn", self_labeling={})
     assert task.self_labeling == SelfLabelingConfig()
@@ -192,14 +192,14 @@ def test_self_labeling_options_join_the_search_space_when_named():
 
 
 def _loop(step: int, total: int = 300, y=(1, 1, 1, 2)):
-    from bench.train import Loop, TrainConfig
+    from bench.training.train import Loop, TrainConfig
 
     y = torch.tensor(y)
     return Loop(None, torch.zeros(len(y), 1), y, TrainConfig(lr=0.1, steps=total), 10, step)
 
 
 def test_hook_relabels_only_from_its_epoch_and_keeps_the_new_labels():
-    from bench.selflabel import SelfLabeling
+    from bench.worker.selflabel import SelfLabeling
 
     hook = SelfLabeling(SelfLabelingConfig(correct_epoch=10, correct_threshold=0.9))
     hook.on_start(_loop(0))
@@ -219,7 +219,7 @@ def test_hook_relabels_only_from_its_epoch_and_keeps_the_new_labels():
 
 
 def test_hook_reweights_only_from_its_epoch():
-    from bench.selflabel import SelfLabeling
+    from bench.worker.selflabel import SelfLabeling
 
     hook = SelfLabeling(SelfLabelingConfig(reweight_epoch=5, temperature=2.0))
     losses = torch.tensor([0.2, 1.0, 3.0])
@@ -230,9 +230,9 @@ def test_hook_reweights_only_from_its_epoch():
 
 
 def test_fine_tune_with_self_labeling_on_noisy_digits():
-    from bench.regularizers import make_regularizer
-    from bench.selflabel import SelfLabeling
-    from bench.train import TrainConfig, fine_tune
+    from bench.zoo.regularizers import make_regularizer
+    from bench.worker.selflabel import SelfLabeling
+    from bench.training.train import TrainConfig, fine_tune
 
     task = Task("digits", 200, "small-cnn", image_size=8,
                 label_noise={"kind": "symmetric", "rate": 0.4})
@@ -274,7 +274,7 @@ startup_trials = 2
 
 
 def test_regsl_tunes_radii_and_temperature_with_the_chosen_search():
-    from bench.method import Context
+    from bench.contract.method import Context
 
     suite = parse_suite(REGSL_SUITE)
     task, spec = suite.tasks[0], suite.methods[0]
@@ -310,7 +310,7 @@ def test_regsl_bad_options_are_one_line(change, message):
 
 
 def test_regsl_trial_trains_with_constraints_and_self_labeling():
-    from bench.method import FitData
+    from bench.contract.method import FitData
 
     suite = parse_suite(REGSL_SUITE)
     task, method = suite.tasks[0], suite.methods[0].build()
@@ -333,7 +333,7 @@ def test_regsl_trial_trains_with_constraints_and_self_labeling():
 def test_the_noisy_suite_reads_with_one_task_per_noise_rate():
     from pathlib import Path
 
-    from bench.suite import load_suite
+    from bench.driver.suite import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "noisy.toml")
     assert [t.label_noise.rate for t in suite.tasks] == [0.0, 0.2, 0.4]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from baselines import GridSearch, PrunedTPESearch, RandomSearch, TPESearch
-from bench.errors import BenchError
-from bench.method import FINISHED, Method
-from bench.plugins import available_methods, method_class
+from bench.contract.errors import BenchError
+from bench.contract.method import FINISHED, Method
+from bench.contract.plugins import available_methods, method_class
 from bench.testing import CHECKS, check_method, method_checks, parametrize_with_checks
 
 EXAMPLE = Path(__file__).parent / "plugin_example"
@@ -164,7 +164,7 @@ def test_check_method_catches_contract_breaches(cls, options, message):
 
 def test_check_method_catches_a_method_that_imports_ray(tmp_path, monkeypatch):
     (tmp_path / "uses_ray.py").write_text(
-        "import ray\nfrom bench.method import Method, FINISHED\n"
+        "import ray\nfrom bench.contract.method import Method, FINISHED\n"
         "class UsesRay(Method):\n    name = 'uses-ray'\n"
         "    def suggest(self, trial_id):\n        return FINISHED\n")
     monkeypatch.syspath_prepend(str(tmp_path))

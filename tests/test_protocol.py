@@ -2,9 +2,9 @@
 
 import json
 
-from bench import schema as S
-from bench.protocol import (Decision, EpochReport, Event, FinalResult, TrialRequest, event,
-                            event_kind, parse_result)
+from bench.contract import schema as S
+from bench.contract.protocol import (Decision, EpochReport, Event, FinalResult, TrialRequest,
+                                     event, event_kind, parse_result)
 
 RAY_FIELDS = {"pid": 4242, "timestamp": 1.5, "training_iteration": 3, "trial_id": "ab12",
               "time_this_iter_s": 0.25, "done": False}

@@ -11,17 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import schema as S
-from bench.campaign import Campaign, CampaignQueue, run_inline
+from bench.analysis.curves import anytime_curves
 from bench.cli import main
-from bench.curves import anytime_curves
-from bench.method import FINISHED, Method
-from bench.published import RECORD_SETS, published_bo
-from bench.journal import AT, Journal, read_journal
-from bench.records import comparable, frame
-from bench.replay import Recorded, RecordedTask, SimulatedClock, simulate
-from bench.replay_suite import parse_replay_suite, run_replay
-from bench.suite import Budget
+from bench.contract import schema as S
+from bench.contract.method import FINISHED, Method
+from bench.driver.campaign import Campaign, CampaignQueue, run_inline
+from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.driver.replay_suite import parse_replay_suite, run_replay
+from bench.driver.suite import Budget
+from bench.records.journal import AT, Journal, read_journal
+from bench.records.published import RECORD_SETS, published_bo
+from bench.records.records import comparable, frame
 from bench.testing import TINY_TASK
 
 SEEDS = (1001, 2001, 3001)

@@ -15,16 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import schema as S
+from bench.analysis.curves import anytime_curves
 from bench.cli import main
-from bench.curves import anytime_curves
-from bench.errors import BenchError
-from bench.faults import parse_faults
-from bench.journal import Journal, read_journal
-from bench.method import Context, Result
-from bench.records import comparable, read_table, write_table
-from bench.suite import Budget
-from bench.task import Task
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.contract.method import Context, Result
+from bench.driver.suite import Budget
+from bench.records.journal import Journal, read_journal
+from bench.records.records import comparable, read_table, write_table
+from bench.worker.faults import parse_faults
+from bench.zoo.task import Task
 from baselines import PrunedTPESearch
 
 ROOT = Path(__file__).resolve().parents[1]

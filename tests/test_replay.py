@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import pytest
 
-from bench import schema as S
+from bench.analysis.curves import anytime_curves, grid_bootstrap
 from bench.cli import main
-from bench.curves import anytime_curves, grid_bootstrap
-from bench.published import published_bo, published_runs
-from bench.replay_suite import parse_replay_suite, run_replay
+from bench.contract import schema as S
+from bench.driver.replay_suite import parse_replay_suite, run_replay
+from bench.records.published import published_bo, published_runs
 
 SUITE = """
 name = "replay-test"

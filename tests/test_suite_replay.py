@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-import bench.suite
-from bench import schema as S
+import bench.driver.suite
 from bench.cli import main
-from bench.replay_suite import parse_replay_suite, run_replay
-from bench.run_output import run_metadata
-from bench.suite import Suite, load_suite, parse_suite
+from bench.contract import schema as S
+from bench.driver.replay_suite import parse_replay_suite, run_replay
+from bench.driver.run_output import run_metadata
+from bench.driver.suite import Suite, load_suite, parse_suite
 
 REPLAY = """name = "r"
 records = "published:cifar10-resnet50-v1"
@@ -61,7 +61,7 @@ def test_live_and_replay_suites_refuse_a_common_key_in_the_same_words(old, new, 
     errors = []
     for text in (LIVE, REPLAY):
         assert old in text
-        with pytest.raises(bench.suite.BenchError) as err:
+        with pytest.raises(bench.driver.suite.BenchError) as err:
             parse_suite(text.replace(old, new))
         errors.append(str(err.value))
     assert message in errors[0] and "\n" not in errors[0]
@@ -71,8 +71,8 @@ def test_live_and_replay_suites_refuse_a_common_key_in_the_same_words(old, new, 
 def test_a_replay_and_a_live_suite_are_read_by_the_same_code(monkeypatch):
     seen = []
     for name in ("_seeds", "_methods", "_reference", "check_starts"):
-        real = getattr(bench.suite, name)
-        monkeypatch.setattr(bench.suite, name,
+        real = getattr(bench.driver.suite, name)
+        monkeypatch.setattr(bench.driver.suite, name,
                             lambda *a, _real=real, _name=name, **k: (seen.append(_name),
                                                                      _real(*a, **k))[1])
     live, replay = parse_suite(LIVE), parse_replay_suite(REPLAY)
@@ -105,7 +105,7 @@ def test_load_suite_returns_whichever_the_file_is(tmp_path):
     ("seeds = [1001, 2001]", "seeds = [1001, 4001]", "seed 4001 is not in the records"),
 ])
 def test_bad_replay_values_are_refused_as_live_ones(old, new, message):
-    with pytest.raises(bench.suite.BenchError) as err:
+    with pytest.raises(bench.driver.suite.BenchError) as err:
         parse_suite(REPLAY.replace(old, new))
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -116,7 +116,7 @@ def test_a_replay_suite_may_name_its_reference():
 
 
 def test_replay_keys_without_records_are_refused():
-    with pytest.raises(bench.suite.BenchError, match="records_method is a replay suite's key"):
+    with pytest.raises(bench.driver.suite.BenchError, match="records_method is a replay suite's key"):
         parse_suite(LIVE.replace('name = "r"', 'name = "r"\nrecords_method = "grid"'))
 
 
@@ -130,11 +130,11 @@ def test_bench_replay_refuses_a_plain_suite_in_one_line(tmp_path, capsys, text):
 
 
 def test_the_drivers_refuse_the_other_kind_of_suite(tmp_path):
-    from bench.run import run_suite
+    from bench.driver.run import run_suite
 
-    with pytest.raises(bench.suite.BenchError, match="replays records: bench replay"):
+    with pytest.raises(bench.driver.suite.BenchError, match="replays records: bench replay"):
         run_suite(parse_suite(REPLAY), tmp_path / "out")
-    with pytest.raises(bench.suite.BenchError, match="is not a replay suite"):
+    with pytest.raises(bench.driver.suite.BenchError, match="is not a replay suite"):
         run_replay(parse_suite(LIVE), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -178,10 +178,10 @@ def test_the_suite_parser_loads_the_records_code_only_for_a_replay_suite():
     from pathlib import Path
 
     code = ("import sys\n"
-            "import bench.suite\n"
+            "import bench.driver.suite\n"
             "bare = sorted(m for m in ('torch', 'pandas', 'ray') if m in sys.modules)\n"
-            "bench.suite.load_suite('suites/smoke.toml')\n"
-            "print(bare, sorted(m for m in ('pandas', 'bench.replay', 'bench.suite_records') "
+            "bench.driver.suite.load_suite('suites/smoke.toml')\n"
+            "print(bare, sorted(m for m in ('pandas', 'bench.driver.replay', 'bench.driver.suite_records') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from bench.metrics import balanced_accuracy, predict
-from bench.regularizers import L2SP, Regularizer
-from bench.task import Task
-from bench.train import TrainConfig, TrainingDiverged, fine_tune
+from bench.training.metrics import balanced_accuracy, predict
+from bench.training.train import TrainConfig, TrainingDiverged, fine_tune
+from bench.zoo.regularizers import L2SP, Regularizer
+from bench.zoo.task import Task
 
 
 def _small_task(**kw):

@@ -3,8 +3,8 @@ report is worse than the median of the finished trials' NLL at the same step."""
 
 import numpy as np
 
-from bench.method import FINISHED, Method
-from bench.options import require_int
+from bench.contract.method import FINISHED, Method
+from bench.contract.options import require_int
 
 
 class MedianStop(Method):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bench.method import FINISHED, Method
+from bench.contract.method import FINISHED, Method
 
 
 class UniformRandom(Method):

@@ -1,0 +1,248 @@
+"""The accuracy-vs-compute trade-off figure of a run (docs/methods.md#anytime-curves).
+
+One row per task; search methods and learned methods in two panels side by side (the
+reference drawn in both), the same colour for a method everywhere, the legend and a caption
+that defines the band outside the panels, plain tick labels in the records' own unit.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from bench.analysis.curves import (
+                                   AGGREGATE_COLUMNS, BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap,
+                                   method_kinds, sweep_best,
+                                   )
+from bench.analysis.stats import CONFIDENCE, RESAMPLES
+from bench.contract.errors import BenchError
+from bench.contract.schema import (
+                                   COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
+                                   )
+from bench.records.records import atomic_write
+from bench.records.rundir import GRID_PLUGIN, default_reference, load_run
+
+DPI = 160
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, grey last
+PANEL = (5.4, 3.7)  # inches per panel
+BAND_LABEL = {"ci": f"{round(100 * CONFIDENCE)}% interval of the mean",
+              "minmax": "lowest to highest seed", "none": ""}
+BAND_TEXT = {
+    "ci": f"band: {round(100 * CONFIDENCE)}% bootstrap interval of the mean over seeds "
+          f"(percentile, {RESAMPLES} resamples; narrow with few seeds)",
+    "minmax": "band: lowest to highest seed",
+    "none": "no band",
+}
+
+
+def _save_atomic(fig: Figure, path: Path) -> None:
+    """A reader never sees a half-written figure, and a crash leaves the old one in place."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=DPI,
+                                               bbox_inches="tight"))
+
+
+def plain_number(x: float, _pos=None) -> str:
+    """Tick text without exponents: 0.5, 300, 2k, 40k, 1.5M."""
+    if x >= 1e6:
+        return f"{x / 1e6:g}M"
+    if x >= 1e3:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
+
+
+def _log_axis(ax) -> None:
+    """Ticks at 1, 2, 5 x 10^k (finer below 1.3 decades, only 10^k beyond 3), plain text."""
+    lo, hi = ax.get_xlim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = ((1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1.3
+            else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10), numticks=30))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _draw_method(ax, g: pd.DataFrame, color, band: str, width: float = 1.8) -> None:
+    """Dashed while some seed has no point yet; solid, with the band, from where all do."""
+    x, y = g[COMPUTE_S].to_numpy(float), 100 * g["mean"].to_numpy(float)
+    complete = g["complete"].to_numpy(bool)
+    if not complete.all():
+        upto = np.argmax(complete) + 1 if complete.any() else len(x)
+        ax.step(x[:upto], y[:upto], where="post", color=color, lw=0.9, ls=(0, (3, 2)),
+                alpha=0.8)
+    if complete.any():
+        xc = np.append(x[complete], x[complete][-1])  # one step's width at the end
+        yc = np.append(y[complete], y[complete][-1])
+        ax.step(xc, yc, where="post", color=color, lw=width)
+        if band != "none":
+            lo = np.append(g["low"].to_numpy(float)[complete], g["low"].iloc[-1])
+            hi = np.append(g["high"].to_numpy(float)[complete], g["high"].iloc[-1])
+            ax.fill_between(xc, 100 * lo, 100 * hi, step="post", color=color, alpha=0.15, lw=0)
+
+
+def _panel(ax, rows: pd.DataFrame, colors: dict, band: str, title: str) -> None:
+    for method, g in rows.groupby(METHOD, sort=True):
+        _draw_method(ax, g, colors[method], band)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.08)
+
+
+def _learned_marks(ax, finals: pd.DataFrame, oracle: pd.Series, methods, colors) -> None:
+    """Star: where each learned method's selected run lands (mean over seeds); circle: the
+    best run of its sweep by test accuracy (an oracle), joined by a dotted line."""
+    for m in methods:
+        if m not in finals.index.get_level_values(METHOD):
+            continue
+        f = finals.xs(m, level=METHOD)
+        x, y = f[COMPUTE_S].mean(), 100 * f[TEST_ACC].mean()
+        ax.plot([x], [y], marker="*", ms=11, color=colors[m], mec="black", mew=0.6, zorder=5)
+        if m in oracle.index:
+            ax.plot([x, x], [y, 100 * oracle[m]], ls=":", color=colors[m], lw=1)
+            ax.plot([x], [100 * oracle[m]], marker="o", ms=6, mfc="white", mec=colors[m],
+                    mew=1.5, zorder=5)
+
+
+def _legend(fig, colors: dict, kinds: dict, seeds: dict, extras: dict) -> None:
+    handles = [Line2D([], [], color=colors[m], lw=1.8,
+                      label=f"{m} ({'learned, ' if kinds.get(m) == LEARNED else ''}"
+                            f"{seeds.get(m, 0)} seed{'' if seeds.get(m) == 1 else 's'})")
+               for m in colors]
+    handles += [Line2D([], [], color="grey", lw=1.8, label="mean over all seeds"),
+                Line2D([], [], color="grey", lw=0.9, ls=(0, (3, 2)),
+                       label="mean while some seeds have no point")]
+    if extras.get("band"):
+        handles.append(Patch(color="grey", alpha=0.25, label=extras["band"]))
+    if extras.get("boot"):
+        handles.append(Line2D([], [], color="black", lw=1, ls=(0, (1, 1.5)),
+                              label="grid subset bootstrap (k configs)"))
+    handles.append(Line2D([], [], color="black", lw=0.8, ls="--", label="target"))
+    if extras.get("cap"):
+        handles.append(Line2D([], [], color="firebrick", lw=0.8, ls="-.", label="cap"))
+    if extras.get("learned"):
+        handles += [Line2D([], [], ls="", marker="*", ms=10, color="grey", mec="black",
+                           label="selected run (learned)"),
+                    Line2D([], [], ls="", marker="o", ms=6, mfc="white", mec="grey",
+                           label="best run of the sweep (oracle)")]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=8,
+               frameon=False)
+
+
+def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None = None,
+                  unit: str = "resource-seconds", caps: dict | None = None,
+                  methods: list[str] | None = None, band: str = "ci") -> list[Path]:
+    """One row per task so methods are compared only under the same budget; search and
+    learned methods in separate panels. Writes ``out_stem``.png and .svg; returns them."""
+    if band not in BANDS:
+        raise BenchError(f"plot: band must be one of {', '.join(BANDS)}, got {band!r}")
+    reference = reference or default_reference(trials)
+    known = sorted(set(trials[METHOD]))
+    unknown = [m for m in methods or [] if m not in known]
+    if unknown:
+        raise BenchError(f"plot: no method {unknown[0]!r} in the records; they have: "
+                         f"{', '.join(known)}")
+    shown = [m for m in known if not methods or m in methods]
+    kinds = method_kinds(trials)
+    curves = anytime_curves(trials)
+    agg = (aggregate_curves(curves, band="minmax" if band == "none" else band) if len(curves)
+           else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored yet: empty panels
+    finals = final_points(curves) if not curves.empty else None
+    oracle = sweep_best(trials)
+    palette = list(PALETTE)
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(known) if m in shown}
+    boot = None
+    ref_plugins = (trials.loc[trials[METHOD] == reference, PLUGIN].dropna() if PLUGIN in trials
+                   else pd.Series(dtype=object))
+    ref_is_grid = ((ref_plugins == GRID_PLUGIN).any() if len(ref_plugins)
+                   else reference == GRID_PLUGIN)  # an old run: the label says it
+    if ref_is_grid and reference in set(curves[METHOD]) and reference in shown:
+        boot = grid_bootstrap(trials, method=reference)
+        boot = boot[boot["complete"].astype(bool)]  # exact only if every config was retrained
+    tasks = sorted(set(trials[TASK]))
+    columns = [k for k in ("search", LEARNED) if any(kinds[m] == k for m in shown)] or ["search"]
+    fig = Figure(figsize=(PANEL[0] * len(columns), PANEL[1] * len(tasks)))
+    FigureCanvasAgg(fig)
+    caps = caps or {}
+    extras = {"band": BAND_LABEL[band],
+              "learned": LEARNED in columns}
+    for row, task in enumerate(tasks):
+        task_agg = agg[agg[TASK] == task]
+        ref_final = (finals.loc[(task, reference)][TEST_ACC].mean()
+                     if finals is not None and (task, reference) in finals.index.droplevel(2)
+                     else None)
+        axes = []
+        for col, kind in enumerate(columns):
+            ax = fig.add_subplot(len(tasks), len(columns), row * len(columns) + col + 1,
+                                 sharey=axes[0] if axes else None)
+            axes.append(ax)
+            mine = [m for m in shown if kinds[m] == kind]
+            rows = task_agg[task_agg[METHOD].isin(mine)]
+            title = f"{task}: {'search' if kind == 'search' else 'learned'} methods"
+            _panel(ax, rows, colors, band, title)
+            if kind == LEARNED and reference in shown and reference not in mine:
+                ref = task_agg[task_agg[METHOD] == reference]
+                for _, g in ref.groupby(METHOD):
+                    _draw_method(ax, g, colors[reference], "none", width=1.0)
+            if kind == LEARNED and finals is not None:
+                task_oracle = oracle.xs(task, level=TASK) if task in oracle.index.get_level_values(
+                    TASK) else pd.Series(dtype=float)
+                _learned_marks(ax, finals.xs(task, level=TASK), task_oracle.groupby(METHOD).mean()
+                               if len(task_oracle) else task_oracle, mine, colors)
+            if kind == "search" and boot is not None and not boot[boot[TASK] == task].empty:
+                b = boot[boot[TASK] == task]
+                ax.plot(b[COMPUTE_S], 100 * b["mean"], color="black", lw=1, ls=(0, (1, 1.5)))
+                extras["boot"] = True
+            if rows.empty and not (kind == LEARNED and reference in shown):
+                ax.text(0.5, 0.5, "no scored point yet", ha="center", transform=ax.transAxes)
+            if ref_final is not None:
+                ax.axhline(100 * (ref_final - TOLERANCE), color="black", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            lo, hi = ax.get_xlim()
+            if task in caps and lo <= caps[task] <= hi * 1.5:
+                ax.axvline(caps[task], color="firebrick", lw=0.8, ls="-.")
+                extras["cap"] = True
+            _log_axis(ax)
+            ax.set_xlabel(f"compute ({unit})", fontsize=9)
+            if col == 0:
+                ax.set_ylabel("balanced test accuracy (%)", fontsize=9)
+    _legend(fig, colors, kinds, trials.groupby(METHOD)[SEED].nunique().to_dict(), extras)
+    fig.tight_layout()
+    target = (f"target: the reference ({reference})'s final mean minus {100 * TOLERANCE:g} "
+              "point" if reference else "no reference method, no target")
+    caption = (f"Lines: mean over seeds of the test accuracy of what each method holds "
+               f"(search: the incumbent by validation NLL, retrained on all N, the retraining "
+               f"charged; learned: its sweep's run with the lowest objective) against the "
+               f"compute spent; solid from where every seed has a point. "
+               + (f"{BAND_TEXT[band].capitalize()}, drawn there. " if band != "none" else "")
+               + f"Dashed horizontal: {target}."
+               + (" Dash-dot vertical: the tuning cap of each (task, method, seed)."
+                  if extras.get("cap") else "")
+               + (" Star: where each learned method's selected run lands (mean over seeds); "
+                  "circle: the best run of its sweep by test accuracy." if extras["learned"]
+                  else ""))
+    fig.text(0.01, 0.0, "\n".join(textwrap.wrap(caption, 60 + 75 * len(columns))), va="top",
+             ha="left", fontsize=8)
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_name(out_stem.name + ext) for ext in (".png", ".svg")]
+    for path in paths:
+        _save_atomic(fig, path)
+    return paths
+
+
+def plot_run(run_dir: str | Path, methods: list[str] | None = None,
+             band: str = "ci") -> list[Path]:
+    """The figure of a run directory, with its reference, unit and caps."""
+    trials, info = load_run(run_dir)
+    return plot_tradeoff(trials, Path(run_dir) / PLOT_STEM, reference=info.reference,
+                         unit=info.unit, caps=info.caps, methods=methods, band=band)

@@ -1,0 +1,90 @@
+"""Running a replay suite (``bench replay``): its search methods on recorded runs, in
+simulated time (``bench.driver.replay.simulate``), into a run directory like ``bench run``'s, with
+the same metadata, progress lines and live tables (``bench.driver.run_output``).
+
+A replay suite is a suite with a ``records`` field: ``bench.driver.suite`` reads both kinds (its
+docstring shows the replay keys) and ``bench.driver.suite_records`` checks one against its
+records. E.g. ``suites/replay-cifar10-resnet50.toml``:
+
+    name = "replay-cifar10-resnet50"
+    records = "published:cifar10-resnet50-v1"
+    seeds = [1001, 2001, 3001]               # the records' seeds
+
+    [budget]
+    workers = 1
+    cpus_per_worker = 1                      # recorded runs held one GPU: resource = runtime
+    cap_s = 1e12
+
+    [[tasks]]
+    name = "cifar10-resnet50-v1-N100"        # a task of the records
+    cap_s = 40000                            # optional
+
+    [methods.grid]
+    [methods.random]
+    trials = 24
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.driver.campaign import CampaignQueue
+from bench.driver.replay import SEPARATOR, SimulatedClock, load_recorded, simulate
+from bench.driver.run_output import RunView, check_output_dir, now_stamp, run_metadata
+from bench.driver.suite import NOT_REPLAY, Suite, parse_suite
+from bench.driver.suite_records import is_published
+from bench.records.published import COMPUTE_UNIT, published_bo, record_set
+from bench.records.records import frame, write_json, write_table, write_text
+
+LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at most this often
+
+
+def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
+    """``bench.driver.suite.parse_suite``, refusing a suite that names no records."""
+    return parse_suite(text, origin, replay_only=True)
+
+
+def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "") -> Path:
+    """Replay ``suite`` into ``out`` (records, metadata), as ``bench.driver.run.run_suite`` runs a
+    live one: the same metadata, progress lines and live tables."""
+    if not suite.replay:
+        raise BenchError(NOT_REPLAY.format(origin=f"suite {suite.name!r}"))
+    records = suite.records
+    out = Path(out)
+    check_output_dir(out, resumable=False)
+    recorded = load_recorded(records.name, records.method)
+    clock = SimulatedClock()
+    started = time.perf_counter()
+    view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
+    queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True), view.started,
+                          view.done)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / S.SUITE_FILE, suite.source)
+    published = is_published(records)
+    metadata = {**(COMPUTE_UNIT if published else {}), **run_metadata(suite, command),
+                "backend": "replay", "records": records.name,
+                **({"records_method": records.method} if records.method else {})}
+    write_json(out / S.METADATA_FILE, metadata)
+    simulate(queue, recorded, suite.budget.workers, clock)
+    rows = [r for c in view.campaigns for r in c.rows]
+    if published:  # each recorded run held one A100: charge GPU-seconds
+        rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
+    trials = frame(rows, S.TRIAL_COLUMNS)
+    if records.bo:
+        bo = pd.concat([published_bo(r) for r in records.name.split(SEPARATOR)
+                        if record_set(r).bo], ignore_index=True)
+        names = {t.name for t in suite.tasks}
+        bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
+        trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name, S.PLUGIN: "published:bo"})],
+                           ignore_index=True)  # recorded traces, not a plugin run here
+    write_table(out / S.TRIALS_FILE, trials)
+    view.write_reports(force=True)
+    write_json(out / S.METADATA_FILE, metadata | {
+        "ended": now_stamp(), "simulated_s": clock.now,
+        "replay_wall_s": time.perf_counter() - started})
+    return out

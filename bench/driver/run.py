@@ -1,0 +1,213 @@
+"""Running a suite: check everything, start (or join) Ray, run every (task, method, seed)
+campaign with the same worker pool and cap, keep the records, then plot and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.contract import schema as S
+from bench.contract.errors import BenchError
+from bench.driver import ray_processes
+from bench.driver.preflight import check_tasks
+from bench.driver.run_output import (RunView, campaign_plans, check_output_dir, now_stamp,
+                                     run_metadata)
+from bench.driver.suite import Suite
+from bench.records.journal import AT, Journal, read_journal
+from bench.records.records import write_json, write_text
+from bench.worker.faults import ENV, faults_from_env
+
+
+class RunStopped(RuntimeError):
+    """The suite did not finish; its run directory can be resumed."""
+
+
+def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
+    """The pool must fit the cluster: an impossible budget is refused before any trial."""
+    b = suite.budget
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if b.gpus_per_worker > 0 and gpus == 0:
+        raise BenchError(f"budget asks for {b.gpus_per_worker:g} GPU per worker but the "
+                         "Ray cluster has no GPU")
+    if b.workers * b.cpus_per_worker > cpus + 1e-9:
+        raise BenchError(f"budget needs {b.workers} x {b.cpus_per_worker:g} CPUs but the "
+                         f"Ray cluster has {cpus:g}")
+    if b.workers * b.gpus_per_worker > gpus + 1e-9:
+        raise BenchError(f"budget needs {b.workers} x {b.gpus_per_worker:g} GPUs but the "
+                         f"Ray cluster has {gpus:g}")
+
+
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str) -> None:
+    """A cluster address must answer: ``ray.init`` would otherwise retry for minutes.
+    ``auto`` (the cluster this machine belongs to) is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise BenchError(f"--address {address}: no Ray cluster answers there within "
+                         f"{ADDRESS_TIMEOUT_S:g} s ({reason})") from None
+
+
+def _start_ray(address: str | None, temp_dir: str) -> float:
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ctrl-C raises KeyboardInterrupt at once, as SIGKILL would stop the driver: the journal
+    # then holds exactly the finished trials (Tune's own handler would end running trials
+    # as if they had finished)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    started = time.perf_counter()
+    common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:  # it answered, but is no Ray cluster (after Ray's retries)
+            raise BenchError(f"--address {address}: {err}") from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
+                 **common)
+    return time.perf_counter() - started
+
+
+def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
+    """A run directory that ``suite`` may go on in: its journal, whole-line bytes, metadata."""
+    from bench.driver.suite import read_toml
+
+    if not (out / S.JOURNAL_FILE).is_file() or not (out / S.SUITE_FILE).is_file():
+        raise BenchError(f"cannot resume {out}: no {S.JOURNAL_FILE} there (not a suite run "
+                         "directory)")
+    try:
+        recorded = (out / S.SUITE_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        raise BenchError(f"cannot resume {out}: its {S.SUITE_FILE} is unreadable") from None
+    if read_toml(recorded, f"cannot resume {out}: its {S.SUITE_FILE}") != \
+            read_toml(suite.source, suite.name):
+        raise BenchError(f"cannot resume {out}: it ran a different suite than {suite.name!r}")
+    try:
+        metadata = json.loads((out / S.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        raise BenchError(f"cannot resume {out}: its {S.METADATA_FILE} is missing or "
+                         "unreadable") from None
+    if "ended" in metadata:
+        raise BenchError(f"cannot resume {out}: that run finished")
+    if not os.access(out, os.W_OK):
+        raise BenchError(f"cannot resume {out}: not writable")
+    events, good = read_journal(out / S.JOURNAL_FILE)
+    return events, good, metadata
+
+
+def _lock(out: Path):
+    """Only one driver writes into a run directory; the kernel frees the lock if it dies."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / S.LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BenchError(f"{out} is in use by another bench run") from None
+    return lock
+
+
+def run_suite(suite: Suite, out: Path, address: str | None = None,
+              progress: bool = True, command: str = "", resume: bool = False) -> Path:
+    """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check.
+    With ``resume``, go on with the run a killed driver left in ``out``: its journal's
+    finished trials are kept (and their compute counted), trials it left running run again."""
+    import ray
+
+    from bench.driver.ray_runner import CampaignQueue, run_campaigns
+    from bench.worker.trial import TrialSpec
+
+    if suite.replay:  # its trials are recorded runs: bench.driver.replay_suite.run_replay
+        raise BenchError(f"suite {suite.name!r} replays records: bench replay SUITE")
+    out = Path(out)
+    faults = faults_from_env()
+    if resume:
+        events, good, metadata = check_resumable(out, suite)
+    else:
+        check_output_dir(out)
+        events, good, metadata = [], None, {}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
+    check_tasks(suite)
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
+    # suite time goes on from the journal's last event: the gap while dead is not counted
+    clock0 = time.perf_counter() - (events[-1][AT] if events else 0.0)
+    lock = journal = None
+    try:
+        ray_start_s = _start_ray(address, temp_dir)
+        check_resources(suite, ray.cluster_resources())
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
+        reaped = ray_processes.reap(out)  # the Ray a killed driver here left behind
+        if not address:
+            ray_processes.record(out, temp_dir)
+        if resume:
+            metadata.setdefault("resumed", []).append(
+                {"at": now_stamp(), "suite_s": events[-1][AT] if events else 0.0,
+                 "ray_start_s": ray_start_s})
+        else:
+            write_text(out / S.SUITE_FILE, suite.source)
+            metadata = run_metadata(suite, command) | {"ray_address": address or "local",
+                                                       "ray_start_s": ray_start_s}
+            if faults:  # this run's failures were made on purpose
+                metadata["injected_faults"] = os.environ[ENV]
+        write_json(out / S.METADATA_FILE, metadata)
+        view = RunView(suite, out, progress)
+        if reaped["stopped"] or reaped["removed"]:
+            view.progress.say(f"cleaned up after the killed driver: {len(reaped['stopped'])} "
+                              f"Ray processes stopped, {reaped['removed'] or 'no directory'} "
+                              "removed")
+        threads = max(1, int(suite.budget.cpus_per_worker))
+        specs = [TrialSpec(task, seed, spec.build(), threads, suite.budget.gpus_per_worker)
+                 for task, seed, spec in campaign_plans(suite)]
+
+        def done(campaign) -> None:  # the journal has every event; the tables follow
+            if not address:  # workers Ray started since
+                ray_processes.record(out, temp_dir)
+            view.done(campaign)
+
+        journal = Journal(out / S.JOURNAL_FILE, lambda: time.perf_counter() - clock0, good)
+        queue = CampaignQueue(view.builders(suite, clock0), view.started, done, log=journal)
+        if resume:
+            queue.resume(events)
+            kept = sum(e["event"] == "complete" for e in events)
+            again = sum(len(c.rerun) for _, c in queue.active)
+            view.progress.say(f"resuming {out}: {kept} finished trials kept, {again} cut "
+                              "short run again")
+        run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"), faults)
+        if not queue.finished:
+            raise RunStopped(f"Ray Tune stopped before the suite finished; {out} can be "
+                             "resumed")
+        metadata |= {"ended": now_stamp(),
+                     "suite_wall_s": time.perf_counter() - clock0}
+        write_json(out / S.METADATA_FILE, metadata)
+    finally:
+        if journal is not None:
+            journal.close()
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if lock is not None:  # under the lock: the next driver must not see our record
+            ray_processes.forget(out)
+            lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
+    return out

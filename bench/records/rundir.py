@@ -1,0 +1,98 @@
+"""What a run directory says besides its tables: the reference method, the unit its compute
+is counted in, and each task's cap. Read from metadata.json and suite.toml as text (no suite
+is built: no torch), with fallbacks for directories written by older harnesses."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bench.contract import schema as S
+from bench.records.records import read_trials
+
+GRID_PLUGIN = "grid"
+CPU_UNIT = "CPU core-seconds"
+GPU_UNIT = "GPU-seconds"
+MIXED_UNIT = "resource-seconds (CPU cores + GPUs held)"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    reference: str | None  # the label every method is compared with; None: the best one
+    unit: str  # what one unit of compute is, for axis labels and table headers
+    caps: dict[str, float] = field(default_factory=dict)  # task -> tuning cap per campaign
+
+
+def read_metadata(run_dir: str | Path) -> dict:
+    """metadata.json, or {} where it is missing or unreadable (published records, tests)."""
+    try:
+        return json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def default_reference(trials: pd.DataFrame) -> str | None:
+    """The first label (in record order) whose plugin is the grid; for records without a
+    plugin column, the label "grid"; None if neither exists."""
+    if S.PLUGIN in trials and (trials[S.PLUGIN] == GRID_PLUGIN).any():
+        return str(trials.loc[trials[S.PLUGIN] == GRID_PLUGIN, S.METHOD].iloc[0])
+    return GRID_PLUGIN if (trials[S.METHOD] == GRID_PLUGIN).any() else None
+
+
+def compute_unit(trials: pd.DataFrame, metadata: dict) -> str:
+    """The records' own unit: published runtimes are A100 GPU-seconds; a run charged GPU
+    time only is GPU-seconds, CPU time only is CPU core-seconds; otherwise their sum."""
+    if metadata.get("compute_label"):  # a replay of published records says so itself
+        return str(metadata["compute_label"])
+    if str(metadata.get("records", "")).startswith("published:"):
+        return f"A100 {GPU_UNIT}, published runtimes"
+    charged = trials[trials[S.RESOURCE_S].fillna(0) > 0]
+    if charged.empty:
+        return MIXED_UNIT if metadata.get("budget", {}).get("gpus_per_worker") else CPU_UNIT
+    zero = pd.Series(0.0, index=charged.index)
+    gpu = charged[S.GPU_S].fillna(0) if S.GPU_S in charged else zero
+    cpu = charged[S.CPU_S].fillna(0) if S.CPU_S in charged else zero
+    if (gpu - charged[S.RESOURCE_S]).abs().max() < 1e-9:
+        return GPU_UNIT
+    if (gpu == 0).all() and (cpu - charged[S.RESOURCE_S]).abs().max() < 1e-9:
+        return CPU_UNIT
+    return MIXED_UNIT
+
+
+def task_caps(suite_text: str, metadata: dict) -> dict[str, float]:
+    """Each task's cap (its own ``cap_s`` or the budget's), keyed by task name as
+    ``bench.zoo.task.Task`` names it (``<dataset>-N<n>-<backbone>`` unless ``name`` is set)."""
+    try:
+        raw = tomllib.loads(suite_text)
+    except tomllib.TOMLDecodeError:
+        return {}
+    budget_cap = raw.get("budget", {}).get("cap_s", metadata.get("budget", {}).get("cap_s"))
+    caps = {}
+    for table in raw.get("tasks") or []:
+        if not isinstance(table, dict):
+            continue
+        name = (table.get("name")  # else as bench.zoo.task.Task names it
+                or f"{table.get('dataset')}-N{table.get('n')}-{table.get('backbone')}")
+        cap = table.get("cap_s", budget_cap)
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool):
+            caps[str(name)] = float(cap)
+    return caps
+
+
+def run_info(run_dir: str | Path, trials: pd.DataFrame) -> RunInfo:
+    metadata = read_metadata(run_dir)
+    try:
+        suite_text = (Path(run_dir) / S.SUITE_FILE).read_text()
+    except OSError:
+        suite_text = ""
+    reference = metadata.get(S.REFERENCE) or default_reference(trials)
+    return RunInfo(reference, compute_unit(trials, metadata), task_caps(suite_text, metadata))
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, RunInfo]:
+    trials = read_trials(run_dir)
+    return trials, run_info(run_dir, trials)

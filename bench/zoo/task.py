@@ -1,0 +1,182 @@
+"""A task: which data, how many examples, which backbone, image size, regularizer family
+and training length. ``Task.load(seed)`` prepares the tensors a trial trains on."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import torch
+
+from bench.contract.errors import BenchError
+from bench.contract.names import task_name
+from bench.contract.options import require_int, require_positive
+from bench.contract.space import LR, Param
+from bench.zoo.backbones import backbone_info, build_backbone
+from bench.zoo.data import (Split, dataset_info, load_dataset, prepare_images, stratified_indices,
+                            stratified_split)
+from bench.zoo.network import Network
+from bench.zoo.noise import LabelNoise
+from bench.zoo.regularizers import regularizer_class
+from bench.zoo.selflabel_config import SelfLabelingConfig
+
+VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fine-tuning problem. ``test_limit`` caps the fixed test set (stratified, fixed)
+    to keep evaluation cheap on CPUs; None uses all of it."""
+
+    dataset: str
+    n: int
+    backbone: str
+    regularizer: str = "l2sp"
+    image_size: int | None = None
+    steps: int = 100
+    batch_size: int = 32
+    test_limit: int | None = None
+    name: str = ""
+    space: tuple[Param, ...] = ()  # overrides of the default search space, by name
+    cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
+    #: corrupt the N training labels: ``{ kind = "symmetric" | "pairflip", rate = 0.4 }``
+    label_noise: LabelNoise | None = None
+    #: fine-tune only the last k blocks (and the head): the frozen rest runs once per
+    #: seed and its outputs are cached (None: the whole network is trained)
+    trainable_blocks: int | None = None
+    #: train with self-labeling (Li & Zhang 2021), any regularizer: ``{}`` for the authors'
+    #: defaults; its options named in ``space`` are tuned
+    self_labeling: SelfLabelingConfig | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("dataset", "backbone", "regularizer", "name"):
+            if not isinstance(getattr(self, key), str):
+                raise BenchError(f"task {key} must be a string, got {getattr(self, key)!r}")
+        require_int("task n", self.n, 2)
+        require_int("task steps", self.steps, 1)
+        require_int("task batch_size", self.batch_size, 1)
+        for key in ("image_size", "test_limit"):
+            if getattr(self, key) is not None:
+                require_int(f"task {key}", getattr(self, key), 1)
+        if self.cap_s is not None:
+            require_positive("task cap_s", self.cap_s)
+        if self.label_noise is not None:
+            object.__setattr__(self, "label_noise", LabelNoise.of(self.label_noise))
+        if self.self_labeling is not None:
+            object.__setattr__(self, "self_labeling", SelfLabelingConfig.of(self.self_labeling))
+        dataset_info(self.dataset)
+        info = backbone_info(self.backbone)
+        defaults = {p.name for p in self._tunable()}
+        for param in self.space:
+            if param.name not in defaults:
+                what = " and self_labeling" if self.self_labeling else ""
+                raise BenchError(f"task space: {self.regularizer} with lr{what} has no "
+                                 f"hyperparameter {param.name!r}; it has: "
+                                 f"{', '.join(sorted(defaults))}")
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", info.default_size)
+        info.check_image_size(self.image_size)
+        if self.trainable_blocks is not None:
+            if info.split is None:
+                raise BenchError(f"task trainable_blocks: backbone {self.backbone} cannot be "
+                                 "split (only efficientnet-lite0 can)")
+            require_int("task trainable_blocks", self.trainable_blocks, 0)
+            if self.trainable_blocks > info.blocks:
+                raise BenchError(f"task trainable_blocks must be <= {info.blocks} for "
+                                 f"{self.backbone}, got {self.trainable_blocks}")
+        if not self.name:
+            noise = self.label_noise
+            object.__setattr__(self, "name", task_name(
+                self.dataset, self.n, self.backbone, self.trainable_blocks,
+                (noise.kind, noise.rate) if noise else None))
+
+    def _tunable(self) -> tuple[Param, ...]:
+        """Every hyperparameter ``space`` may name: lr, the regularizer's, self-labeling's."""
+        extra = SelfLabelingConfig.SPACE if self.self_labeling is not None else ()
+        return (LR, *regularizer_class(self.regularizer).space, *extra)
+
+    def search_space(self) -> tuple[Param, ...]:
+        """The learning rate and the regularizer's hyperparameters, with overrides, then
+        the self-labeling options that ``space`` names (the others stay fixed)."""
+        override = {p.name: p for p in self.space}
+        defaults = (LR, *regularizer_class(self.regularizer).space)
+        tuned = tuple(p for p in self.space if p.name in SelfLabelingConfig.names())
+        return tuple(override.get(p.name, p) for p in defaults) + tuned
+
+    def check_data(self) -> None:
+        """Load the data set (slow) and check N fits its training pool."""
+        pool = len(load_dataset(self.dataset).train_y)
+        if self.n > pool:
+            raise BenchError(f"task {self.name}: N={self.n} exceeds the {pool} training "
+                             f"examples of {self.dataset}")
+
+    def load(self, seed: int) -> TaskData:
+        data = load_dataset(self.dataset)
+        info = backbone_info(self.backbone)
+
+        def prep(x: torch.Tensor) -> torch.Tensor:
+            return prepare_images(x, self.image_size, info.channels, info.mean, info.std)
+
+        idx = stratified_indices(data.train_y, self.n, seed)
+        test_x, test_y = data.test_x, data.test_y
+        if self.test_limit is not None and self.test_limit < len(test_y):
+            keep = stratified_indices(test_y, self.test_limit, 0)
+            test_x, test_y = test_x[keep], test_y[keep]
+        train_y, flipped = data.train_y[idx], None
+        if self.label_noise is not None:
+            train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed)
+        train_x, test_x = prep(data.train_x[idx]), prep(test_x)
+        if self.trainable_blocks is not None:  # the frozen prefix, once
+            prefix, _ = self._split(data.num_classes, seed)
+            train_x, test_x = _outputs(prefix, train_x), _outputs(prefix, test_x)
+        return TaskData(self, seed, (train_x, train_y), (test_x, test_y), data.num_classes,
+                        flipped=flipped)
+
+    def _split(self, num_classes: int, seed: int):
+        """(frozen prefix, trainable network) of a fresh network for ``seed``."""
+        with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
+            net = build_backbone(self.backbone, num_classes, seed)
+        return backbone_info(self.backbone).split(net, self.trainable_blocks)
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """A task's prepared tensors for one seed: all N training examples and the test set;
+    ``flipped``: indices of the training labels its label noise corrupted (None: no noise)."""
+
+    task: Task
+    seed: int
+    train: Split
+    test: Split
+    num_classes: int
+    device: torch.device = torch.device("cpu")
+    flipped: torch.Tensor | None = None
+
+    def to(self, device) -> TaskData:
+        """The same data on ``device``; networks it makes land there too."""
+        if torch.device(device) == self.train[0].device:
+            return self
+        moved = [tuple(t.to(device) for t in split) for split in (self.train, self.test)]
+        return TaskData(self.task, self.seed, *moved, self.num_classes, torch.device(device),
+                        self.flipped)
+
+    def split(self, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split]:
+        """The stratified train/validation split of the N examples for this seed."""
+        x, y = self.train
+        tr, va = stratified_split(y.cpu(), val_fraction, self.seed)
+        tr, va = tr.to(y.device), va.to(y.device)
+        return (x[tr], y[tr]), (x[va], y[va])
+
+    def network(self) -> Network:
+        """A fresh pretrained backbone with a new head, initialised from the seed."""
+        if self.task.trainable_blocks is not None:
+            return self.task._split(self.num_classes, self.seed)[1].to(self.device)
+        with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
+            net = build_backbone(self.task.backbone, self.num_classes, self.seed)
+        return net.to(self.device)
+
+
+@torch.no_grad()
+def _outputs(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
