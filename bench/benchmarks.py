@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.records.records import read_table
+from bench.records.tables import read_table
 from bench.training.train import TrainConfig, batch_stream, fine_tune
 from bench.zoo.regularizers import L2SP, Regularizer
 from bench.zoo.task import Task

@@ -265,7 +265,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from bench.records.records import export_csv
+    from bench.records.tables import export_csv
 
     for path in export_csv(args.run_dir):
         print(path)

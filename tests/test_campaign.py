@@ -22,7 +22,7 @@ from bench.driver.campaign import Campaign, CampaignQueue
 from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
 from bench.driver.suite import Budget
 from bench.records.journal import AT, Journal, read_journal
-from bench.records.records import comparable, frame
+from bench.records.tables import comparable, frame
 from bench.worker.trial import TrialSpec, execute_trial
 from bench.zoo.task import Task
 

@@ -14,7 +14,7 @@ from bench.analysis.compare import compare_runs, compare_scores, friedman_nemeny
 from bench.analysis.status import format_status, run_status
 from bench.cli import main
 from bench.contract import schema as s
-from bench.records.records import write_json, write_table
+from bench.records.tables import write_json, write_table
 
 
 def learned_runs(task, method, seed, *runs) -> list[dict]:

@@ -19,8 +19,8 @@ from bench.analysis.report import paired_differences, report_markdown, report_ru
 from bench.analysis.stats import mean_interval, wilcoxon_p
 from bench.contract import schema as s
 from bench.contract.errors import BenchError
-from bench.records.records import write_json, write_table
 from bench.records.rundir import compute_unit, default_reference
+from bench.records.tables import write_json, write_table
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "bench" / "published"  # shipped copy
 

@@ -14,7 +14,7 @@ from bench.contract.errors import BenchError
 from bench.contract.method import Context
 from bench.driver.campaign import Campaign, run_inline
 from bench.driver.suite import Budget, parse_suite
-from bench.records.records import frame
+from bench.records.tables import frame
 from bench.worker.trial import task_data
 from bench.zoo.task import Task
 from methods._de_elbo import DEELBo

@@ -21,7 +21,7 @@ from bench.driver.replay_suite import parse_replay_suite, run_replay
 from bench.driver.suite import Budget
 from bench.records.journal import AT, Journal, read_journal
 from bench.records.published import RECORD_SETS, published_bo
-from bench.records.records import comparable, frame
+from bench.records.tables import comparable, frame
 from bench.testing import TINY_TASK
 
 SEEDS = (1001, 2001, 3001)

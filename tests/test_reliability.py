@@ -22,7 +22,7 @@ from bench.contract.errors import BenchError
 from bench.contract.method import Context, Result
 from bench.driver.suite import Budget
 from bench.records.journal import Journal, read_journal
-from bench.records.records import comparable, read_table, write_table
+from bench.records.tables import comparable, read_table, write_table
 from bench.worker.faults import parse_faults
 from bench.zoo.task import Task
 from baselines import PrunedTPESearch

@@ -24,8 +24,8 @@ from bench.analysis.curves import anytime_curves, final_points, mean_at, method_
 from bench.analysis.plots import PALETTE, _save_atomic, plain_number
 from bench.contract.errors import BenchError
 from bench.contract.schema import COMPUTE_S, LEARNED, METHOD, TASK, TEST_ACC
-from bench.records.records import write_text
 from bench.records.rundir import load_run
+from bench.records.tables import write_text
 
 FRACTIONS = (1 / 16, 1 / 4, 1.0)
 CURVE_FRACTIONS = np.geomspace(1 / 64, 1.0, 25)  # the rank-over-compute figure's x

@@ -28,8 +28,8 @@ from bench.contract.errors import BenchError
 from bench.contract.schema import (
                                    COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
                                    )
-from bench.records.records import atomic_write
 from bench.records.rundir import GRID_PLUGIN, default_reference, load_run
+from bench.records.tables import atomic_write
 
 DPI = 160
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",

@@ -17,8 +17,8 @@ from bench.contract.schema import (
                                    FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED, REPORT_FILE, SEED,
                                    STATUS, TASK, TEST_ACC,
                                    )
-from bench.records.records import write_text
 from bench.records.rundir import default_reference, load_run
+from bench.records.tables import write_text
 
 STATUSES = (OK, FAILED, OVER_BUDGET, PRUNED)
 PER_SEED_MAX = 8  # more seeds than this: no per-seed table (it would not fit a page)
@@ -170,7 +170,7 @@ def report_run(run_dir: str | Path, write: bool = True) -> str:
     """The report of a run directory (its reference and unit from its metadata), written
     to its report.md unless ``write`` is False."""
     from bench.analysis.convergence import convergence_markdown
-    from bench.records.records import read_reports
+    from bench.records.tables import read_reports
 
     trials, info = load_run(run_dir)
     text = report_markdown(trials, info.reference, info.unit)

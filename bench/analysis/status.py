@@ -18,8 +18,8 @@ from bench.contract.errors import BenchError
 from bench.contract.names import task_name
 from bench.contract.protocol import Event, event_kind
 from bench.records.journal import AT, read_journal
-from bench.records.records import read_trials
 from bench.records.rundir import compute_unit, read_metadata, task_caps
+from bench.records.tables import read_trials
 
 STATUS_COLUMNS = ["campaign", S.TASK, S.METHOD, S.SEED, "state", "trials", "retrains",
                   "running", "spent_s", "cap_s", "incumbent"]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.contract import schema as S
-from bench.records.records import write_json
+from bench.records.tables import write_json
 
 TEMP_PREFIX = "bench-ray-"  # the only temporary directories reap removes
 

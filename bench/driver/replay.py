@@ -29,7 +29,7 @@ from bench.contract.space import Param
 from bench.driver.campaign import CampaignQueue
 from bench.records.learning_curves import LearningCurves, report_times
 from bench.records.published import PREFIX, config_key, published_runs
-from bench.records.records import read_reports, read_trials
+from bench.records.tables import read_reports, read_trials
 
 REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
 NODE = "replay"  # where a replayed trial ran

@@ -39,7 +39,7 @@ from bench.driver.run_output import RunView, check_output_dir, now_stamp, run_me
 from bench.driver.suite import NOT_REPLAY, Suite, parse_suite
 from bench.driver.suite_records import is_published
 from bench.records.published import COMPUTE_UNIT, published_bo, record_set
-from bench.records.records import frame, write_json, write_table, write_text
+from bench.records.tables import frame, write_json, write_table, write_text
 
 LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at most this often
 

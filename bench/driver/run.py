@@ -18,7 +18,7 @@ from bench.driver.run_output import (RunView, campaign_plans, check_output_dir, 
                                      run_metadata)
 from bench.driver.suite import Suite
 from bench.records.journal import AT, Journal, read_journal
-from bench.records.records import write_json, write_text
+from bench.records.tables import write_json, write_text
 from bench.worker.faults import ENV, faults_from_env
 
 

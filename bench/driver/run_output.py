@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver.suite import Suite
-from bench.records.records import frame, write_table
+from bench.records.tables import frame, write_table
 
 
 def check_output_dir(out: Path, resumable: bool = True) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
-from bench.records.records import frame
+from bench.records.tables import frame
 
 METHOD = "recorded"
 #: what a published runtime measures; replays of these records say so in their metadata

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.contract import schema as S
-from bench.records.records import read_trials
+from bench.records.tables import read_trials
 
 GRID_PLUGIN = "grid"
 CPU_UNIT = "CPU core-seconds"

@@ -1,1 +1,2 @@
-"""The worker side of a trial: the one training loop with its hooks, the standard fit, evaluation, and running one trial."""
+"""The worker side of a trial: the standard fit, the self-labeling hook, fault injection,
+and running one trial from its request to its final result."""
