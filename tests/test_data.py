@@ -4,8 +4,8 @@ import torch
 
 from bench.contract.errors import BenchError
 from bench.zoo import data
-from bench.zoo.data import (load_dataset, prepare_images, stratified_indices, stratified_split,
-                            subsample)
+from bench.zoo.data import load_dataset, prepare_images, stratified_indices, stratified_split
+from bench.zoo.task import Task
 
 
 @pytest.mark.parametrize("name, size, train, test", [
@@ -30,17 +30,19 @@ def test_animal_mnist_has_no_image_in_both_train_and_test():
     assert not any(bytes(x.numpy().tobytes()) in train for x in d.test_x)
 
 
-def test_subsample_is_stratified_and_deterministic():
+def test_a_tasks_n_examples_are_a_stratified_deterministic_subsample():
     d = load_dataset("mnist-5k")  # 400 per class in the training pool
-    x, y = subsample(d, 100, seed=3)
+    data = Task("mnist-5k", 100, "small-cnn", image_size=28).load(seed=3)
+    x, y = data.train
     assert x.shape == (100, 1, 28, 28)
+    assert torch.equal(y, d.train_y[stratified_indices(d.train_y, 100, seed=3)])
     assert torch.bincount(y, minlength=10).tolist() == [10] * 10
     d = load_dataset("animal-mnist")  # classes uneven after de-duplication
-    x, y = subsample(d, 100, seed=3)
+    y = d.train_y[stratified_indices(d.train_y, 100, seed=3)]
     expected = torch.bincount(d.train_y).double() / len(d.train_y) * 100
     assert ((torch.bincount(y, minlength=10) - expected).abs() < 1).all()
-    x2, y2 = subsample(d, 100, seed=3)
-    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(stratified_indices(d.train_y, 100, seed=3),
+                       stratified_indices(d.train_y, 100, seed=3))
     other = stratified_indices(d.train_y, 100, seed=4)
     assert not torch.equal(stratified_indices(d.train_y, 100, seed=3), other)
 

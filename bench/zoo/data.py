@@ -100,12 +100,6 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
     return torch.nonzero(mask).flatten(), val
 
 
-def subsample(data: ImageData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stratified subsample of ``n`` training examples for ``seed``: ``(x, y)``."""
-    idx = stratified_indices(data.train_y, n, seed)
-    return data.train_x[idx], data.train_y[idx]
-
-
 # ---------------------------------------------------------------- backbone input
 
 

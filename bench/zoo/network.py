@@ -36,14 +36,6 @@ class Network:
     def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if self.is_head(n)]
 
-    @property
-    def num_backbone(self) -> int:
-        return sum(p.numel() for _, p in self.backbone_parameters())
-
-    @property
-    def num_head(self) -> int:
-        return sum(p.numel() for _, p in self.head_parameters())
-
     @functools.cached_property
     def layer_weights(self) -> tuple[str, ...]:
         """Names of the weight tensors of every convolution and linear layer."""
