@@ -5,6 +5,7 @@ TOML and JSON booleans are Python ints: they are refused where a number is meant
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
@@ -57,3 +58,19 @@ def require_run_name(what: str, value: Any) -> None:
     if not (isinstance(value, str) and _RUN_NAME.fullmatch(value)):
         raise BenchError(f"{what} must be a string of letters, digits and _ . + - (at most "
                          f"100, not starting with . or -), got {value!r}")
+
+
+def from_table(cls, value: Any, where: str, example: str):
+    """A frozen dataclass ``cls`` from a suite's sub-table (or ``value`` itself if it is
+    one already): a non-table or an unknown key is refused in one line naming ``where``;
+    ``cls`` checks the values."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise BenchError(f"{where} must be a table like {example}, got {value!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise BenchError(f"unknown key {unknown[0]!r} in {where}; allowed: "
+                         f"{', '.join(allowed)}")
+    return cls(**value)

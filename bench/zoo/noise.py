@@ -17,7 +17,7 @@ import torch
 
 from bench.contract.errors import BenchError
 from bench.contract.names import NOISE_TAGS, noise_tag
-from bench.contract.options import is_number
+from bench.contract.options import from_table, is_number
 
 NOISE_STREAM = 0x6E6F697365  # "noise": a seed stream apart from the sampling's
 
@@ -41,18 +41,9 @@ class LabelNoise:
     @classmethod
     def of(cls, value: Any) -> LabelNoise:
         """From a suite's table ``{ kind = "symmetric", rate = 0.4 }`` (or itself)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise BenchError(f"task label_noise must be a table like "
-                             f"{{ kind = \"symmetric\", rate = 0.4 }}, got {value!r}")
-        unknown = sorted(set(value) - {"kind", "rate"})
-        if unknown:
-            raise BenchError(f"unknown key {unknown[0]!r} in task label_noise; "
-                             f"allowed: kind, rate")
-        if "rate" not in value:
+        if isinstance(value, dict) and "rate" not in value:
             raise BenchError("task label_noise needs a rate")
-        return cls(**value)
+        return from_table(cls, value, "task label_noise", '{ kind = "symmetric", rate = 0.4 }')
 
     @property
     def tag(self) -> str:

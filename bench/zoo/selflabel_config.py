@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bench.contract.errors import BenchError
-from bench.contract.options import is_number
+from bench.contract.options import from_table, is_number
 from bench.contract.space import Param
 
 AUTHORS_EPOCHS = 30  # the authors' training length; epoch options are fractions of it
@@ -51,16 +51,7 @@ class SelfLabelingConfig:
     @classmethod
     def of(cls, value: Any) -> SelfLabelingConfig:
         """From a suite's table, e.g. ``{ correct_threshold = 0.95 }`` (or itself)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise BenchError(f"task self_labeling must be a table of "
-                             f"{', '.join(cls.names())}, got {value!r}")
-        unknown = sorted(set(value) - set(cls.names()))
-        if unknown:
-            raise BenchError(f"unknown key {unknown[0]!r} in task self_labeling; "
-                             f"allowed: {', '.join(cls.names())}")
-        return cls(**value)
+        return from_table(cls, value, "task self_labeling", "{ correct_threshold = 0.95 }")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
