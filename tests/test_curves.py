@@ -22,7 +22,7 @@ from bench.contract.errors import BenchError
 from bench.records.rundir import compute_unit, default_reference
 from bench.records.tables import write_json, write_table
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "bench" / "published"  # shipped copy
+PUBLISHED = Path(__file__).resolve().parents[1] / "bench" / "records" / "published_csv"  # shipped
 
 
 def _row(**values) -> dict:

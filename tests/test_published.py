@@ -30,7 +30,7 @@ _MODEL = re.compile(r"_n=\d+_random_state=\d+")
 
 def _csv(stem: str, kind: str) -> pd.DataFrame:
     """A shipped CSV read straight from the package, as the study wrote it."""
-    raw = pd.read_csv(files("bench") / "published" / f"{kind}_{stem}.csv")
+    raw = pd.read_csv(files("bench.records") / "published_csv" / f"{kind}_{stem}.csv")
     label = raw["method"] if "method" in raw else raw["criterion"]
     raw = raw[label == "l2-sp"]
     return raw.assign(cfg=[_MODEL.sub("", m) for m in raw["model_name"]])

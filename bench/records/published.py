@@ -1,4 +1,4 @@
-"""The DE-ELBo study's published run records (bench/published/, see its README) in the
+"""The DE-ELBo study's published run records (``published_csv/`` beside this module, see its README) in the
 harness's record schema, so that curves, plots, reports and replays read them like any run.
 
 A record set is named ``published:<dataset>-<model>`` (``RECORD_SETS``): ten 144-configuration
@@ -85,7 +85,7 @@ def record_set(name: str) -> RecordSet:
 
 
 def _read(name: str) -> pd.DataFrame:
-    return pd.read_csv(files("bench") / "published" / name)
+    return pd.read_csv(files("bench.records") / "published_csv" / name)
 
 
 def config_key(config: dict[str, float]) -> str:
