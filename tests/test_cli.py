@@ -146,3 +146,12 @@ def test_a_method_hook_that_raises_is_named_with_its_traceback(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.startswith("bench: method 'random' raised in on_result(): KeyError: 'val_loss'\n")
     assert "Traceback" in err and 'result.metrics["val_loss"]' in err
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """``bench list records | head -1``: the pipe closes before bench has written all."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list", "records"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before bench writes a line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
