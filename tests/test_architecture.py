@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_method_contract_imports_neither_torch_nor_ray_nor_the_training_code():
     code = ("import sys, bench.contract.method, bench.contract.space, bench.contract.options; "
-            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'bench.training.train', 'bench.worker.fit') "
+            "print(sorted(m for m in ('torch', 'ray', 'optuna', 'bench.training.train', "
+            "'bench.worker.fit') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -28,7 +29,8 @@ def test_reading_a_suite_and_starting_every_plugin_imports_no_training_code():
             "for name in available_methods():\n"
             "    for task in suite.tasks:\n"
             "        build_method(name, {}).start(Context.of(task, 0, suite.budget, False))\n"
-            "print(sorted(m for m in ('bench.training.train', 'bench.worker.fit', 'bench.worker.selflabel', "
+            "print(sorted(m for m in ('bench.training.train', 'bench.worker.fit', "
+            "'bench.worker.selflabel', "
             "'methods._de_elbo_fit', 'methods._marglik_fit', 'laplace', 'ray') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

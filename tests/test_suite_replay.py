@@ -116,7 +116,8 @@ def test_a_replay_suite_may_name_its_reference():
 
 
 def test_replay_keys_without_records_are_refused():
-    with pytest.raises(bench.driver.suite.BenchError, match="records_method is a replay suite's key"):
+    with pytest.raises(bench.driver.suite.BenchError,
+                       match="records_method is a replay suite's key"):
         parse_suite(LIVE.replace('name = "r"', 'name = "r"\nrecords_method = "grid"'))
 
 
@@ -181,7 +182,8 @@ def test_the_suite_parser_loads_the_records_code_only_for_a_replay_suite():
             "import bench.driver.suite\n"
             "bare = sorted(m for m in ('torch', 'pandas', 'ray') if m in sys.modules)\n"
             "bench.driver.suite.load_suite('suites/smoke.toml')\n"
-            "print(bare, sorted(m for m in ('pandas', 'bench.driver.replay', 'bench.driver.suite_records') "
+            "print(bare, sorted(m for m in ('pandas', 'bench.driver.replay', "
+            "'bench.driver.suite_records') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()

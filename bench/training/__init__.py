@@ -1,2 +1,2 @@
-"""The one training loop (optimiser, schedule, clipping, hooks, evaluation) and the metrics it
-reports. Below the zoo: pretraining a backbone runs on it too."""
+"""The one training loop (optimiser, schedule, clipping, hooks, evaluation) and the metrics
+it reports. Below the zoo: pretraining a backbone runs on it too."""
