@@ -89,7 +89,6 @@ class Campaign:
         self.select_by = getattr(method, "select_by", "val_nll")
         self.spent_s = 0.0
         self.method_done = False
-        self.number = 0  # position in the suite, set when it starts
         context = Context.of(task, seed, budget, discrete)
         self.cap_s = context.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()

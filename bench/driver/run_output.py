@@ -100,20 +100,19 @@ class Progress:
     def __init__(self, suite: Suite, enabled: bool) -> None:
         self.enabled = enabled
         self.total = len(suite.tasks) * len(suite.methods) * len(suite.seeds)
-        self.index = 0
         self.started = time.perf_counter()
 
+    def where(self, campaign) -> str:
+        return (f"[{campaign.index + 1}/{self.total}] {campaign.task.name} | "
+                f"{campaign.label} | seed {campaign.seed}")
+
     def campaign(self, campaign) -> None:
-        self.index += 1
-        campaign.number = self.index
-        self.say(f"[{self.index}/{self.total}] {campaign.task.name} | {campaign.label} | "
-                  f"seed {campaign.seed}: start")
+        self.say(f"{self.where(campaign)}: start")
 
     def done(self, campaign) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
-        self.say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
-                  f"seed {campaign.seed}: done, {len(tuning)} trials, "
-                  f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s")
+        self.say(f"{self.where(campaign)}: done, {len(tuning)} trials, "
+                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s")
 
     def record(self, campaign, row: dict) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
@@ -122,10 +121,9 @@ class Progress:
         what = f"{row[S.KIND]} {row[S.STATUS]}" + (f" {score:.4f}" if score is not None else "")
         if row[S.STATUS] == S.FAILED:
             what += f" ({(row.get(S.ERROR) or '?')[:80]})"
-        self.say(f"[{campaign.number}/{self.total}] {campaign.task.name} | {campaign.label} | "
-                  f"seed {campaign.seed}: {what} | {len(tuning)} trials, "
-                  f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
-                  f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
+        self.say(f"{self.where(campaign)}: {what} | {len(tuning)} trials, "
+                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
+                 f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
 
     def say(self, line: str) -> None:
         if self.enabled:
