@@ -10,10 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis.curves import (
-                                   aggregate_curves, anytime_curves, compute_to_target, final_points, grid_bootstrap,
-                                   sweep_best,
-                                   )
+from bench.analysis.curves import (aggregate_curves, anytime_curves, compute_to_target,
+                                   final_points, grid_bootstrap, sweep_best)
 from bench.analysis.plots import plain_number, plot_run, plot_tradeoff
 from bench.analysis.report import paired_differences, report_markdown, report_run
 from bench.analysis.stats import mean_interval, wilcoxon_p

@@ -3,9 +3,8 @@ import torch
 
 from bench.contract.errors import BenchError
 from bench.zoo.backbones import build_backbone
-from bench.zoo.regularizers import (
-                                    L2SP, LayerwiseConstraint, MarsSP, MarsSPFrobenius, WeightDecay, make_regularizer,
-                                    )
+from bench.zoo.regularizers import (L2SP, LayerwiseConstraint, MarsSP, MarsSPFrobenius,
+                                    WeightDecay, make_regularizer)
 
 
 def test_weight_decay_penalty_by_hand(tiny_net):

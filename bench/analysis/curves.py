@@ -15,10 +15,9 @@ import pandas as pd
 
 from bench.analysis.stats import mean_interval, seed_interval
 from bench.contract.errors import BenchError
-from bench.contract.schema import (
-                                   COMPUTE_S, ENDED_S, K, KIND, LEARNED, METHOD, OBJECTIVE, OK, RESOURCE_S, RETRAIN, RETRAIN_OF,
-                                   SEARCH, SEED, STATUS, TASK, TEST_ACC, TEST_NLL, TRIAL_ID, VAL_NLL,
-                                   )
+from bench.contract.schema import (COMPUTE_S, ENDED_S, K, KIND, LEARNED, METHOD, OBJECTIVE, OK,
+                                   RESOURCE_S, RETRAIN, RETRAIN_OF, SEARCH, SEED, STATUS, TASK,
+                                   TEST_ACC, TEST_NLL, TRIAL_ID, VAL_NLL)
 
 CURVE_COLUMNS = [TASK, METHOD, SEED, K, COMPUTE_S, TEST_ACC, TEST_NLL, TRIAL_ID]
 # ``complete``: every seed has a point at this compute (only there is ``mean`` a mean over

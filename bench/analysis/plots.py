@@ -19,15 +19,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.analysis.curves import (
-                                   AGGREGATE_COLUMNS, BANDS, TOLERANCE, aggregate_curves, anytime_curves, final_points, grid_bootstrap,
-                                   method_kinds, sweep_best,
-                                   )
+from bench.analysis.curves import (AGGREGATE_COLUMNS, BANDS, TOLERANCE, aggregate_curves,
+                                   anytime_curves, final_points, grid_bootstrap, method_kinds,
+                                   sweep_best)
 from bench.analysis.stats import CONFIDENCE, RESAMPLES
 from bench.contract.errors import BenchError
-from bench.contract.schema import (
-                                   COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK, TEST_ACC,
-                                   )
+from bench.contract.schema import (COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK,
+                                   TEST_ACC)
 from bench.records.rundir import GRID_PLUGIN, default_reference, load_run
 from bench.records.tables import atomic_write
 

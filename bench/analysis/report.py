@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.analysis.curves import (
-                                   _BASE, _require, anytime_curves, compute_to_target, final_points, method_kinds, sweep_best,
-                                   )
+from bench.analysis.curves import (_BASE, _require, anytime_curves, compute_to_target,
+                                   final_points, method_kinds, sweep_best)
 from bench.analysis.stats import (CONFIDENCE, RESAMPLES, WILCOXON_MIN_PAIRS, mean_interval,
                                   wilcoxon_p)
-from bench.contract.schema import (
-                                   FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED, REPORT_FILE, SEED,
-                                   STATUS, TASK, TEST_ACC,
-                                   )
+from bench.contract.schema import (FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED,
+                                   REPORT_FILE, SEED, STATUS, TASK, TEST_ACC)
 from bench.records.rundir import default_reference, load_run
 from bench.records.tables import write_text
 

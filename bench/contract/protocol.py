@@ -160,4 +160,3 @@ def event_kind(line: dict) -> Event | None:
         return Event(line.get(EVENT))
     except ValueError:
         return None
-

@@ -1,5 +1,6 @@
-"""The DE-ELBo study's published run records (``published_csv/`` beside this module, see its README) in the
-harness's record schema, so that curves, plots, reports and replays read them like any run.
+"""The DE-ELBo study's published run records (``published_csv/`` beside this module, see
+its README) in the harness's record schema, so that curves, plots, reports and replays read
+them like any run.
 
 A record set is named ``published:<dataset>-<model>`` (``RECORD_SETS``): ten 144-configuration
 L2-SP grids, the earlier 24-configuration ResNet-50 grids (``-v1``) and the ConvNeXt-Tiny
