@@ -28,3 +28,18 @@ def smoke_run(tmp_path_factory) -> Path:
     suite = Path(__file__).resolve().parents[1] / "suites" / "smoke.toml"
     assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
     return out
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def devices() -> list:
+    """The devices a device-parametrised test runs on: the CPU always, CUDA under ``gpu``."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
