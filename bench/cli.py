@@ -150,10 +150,14 @@ def _cmd_benchmark(args) -> int:
         from methods._ntk import ntk_scaling_benchmark
 
         ntk_scaling_benchmark(backbone=args.backbone, ns=tuple(args.ns), repeats=args.repeats)
+    elif args.what == "gpu":
+        from bench.gpu_check import gpu_check
+
+        gpu_check(args.suite or "suites/gpu-quick.toml", args.out or "runs/gpu-check")
     elif args.run_dir:
         benchmarks.print_overhead(args.run_dir, [benchmarks.overhead_shares(args.run_dir)])
     else:
-        benchmarks.harness_benchmark(args.suite, workers=tuple(args.workers))
+        benchmarks.harness_benchmark(args.suite or "suites/overhead.toml", workers=tuple(args.workers))
     return 0
 
 
@@ -373,20 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead")
-    p.add_argument("what", choices=["loop", "harness", "ntk", "prefix"], nargs="?",
+    p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead, "
+                       "the GPU check")
+    p.add_argument("what", choices=["loop", "harness", "ntk", "prefix", "gpu"], nargs="?",
                    default="loop",
                    help="loop: harness vs bare PyTorch img/s; harness: a suite's overhead "
                         "share and throughput per pool size; ntk: one NTK-bound hyper-step "
                         "vs one full-data Laplace hyper-step as N grows; prefix: "
                         "EfficientNet-Lite0 step time, whole network vs its top blocks on "
-                        "cached prefix outputs (trainable_blocks)")
+                        "cached prefix outputs (trainable_blocks); gpu: on a machine with "
+                        "CUDA, pytest -m gpu, the GPU quick suite packed at 0.25, and its grid "
+                        "at one trial per GPU, packed, and packed in bf16 (trials per hour, "
+                        "GPU utilisation), all into --out")
     p.add_argument("--steps", type=int, default=30,
                    help="loop, prefix: timed steps per measurement")
     p.add_argument("--batch-size", type=int, default=32, help="loop, prefix: batch size")
     p.add_argument("--repeats", type=int, default=3,
                    help="loop, prefix: runs, best kept; ntk: timings, median kept")
-    p.add_argument("--suite", default="suites/overhead.toml", help="harness: the suite to time")
+    p.add_argument("--suite", default=None, help="harness: the suite to time (default "
+                   "suites/overhead.toml); gpu: the suite to check (default suites/gpu-quick.toml)")
+    p.add_argument("--out", default=None, help="gpu: a new directory for everything the check "
+                   "writes (default runs/gpu-check)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
     p.add_argument("--run-dir", default=None,

@@ -39,7 +39,8 @@ def test_reading_a_suite_and_starting_every_plugin_imports_no_training_code():
 
 
 # bench's subpackages, lowest first: a module imports only from its own layer or below
-# (the command line, bench.testing and bench.benchmarks sit on top and may import any)
+# (the command line, bench.testing, bench.benchmarks and bench.gpu_check sit on top and may
+# import any)
 LAYERS = ("contract", "training", "zoo", "worker", "records", "driver", "analysis")
 # what the contract (what plugins, backends and records agree on) must never pull in
 HEAVY = ("torch", "torchvision", "ray", "optuna", "laplace", "pandas", "numpy", "matplotlib")
@@ -87,7 +88,8 @@ def test_every_subpackage_imports_only_its_own_layer_or_below():
 
 def test_bench_has_no_loose_modules_but_its_entry_points():
     loose = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
-    assert loose == ["__init__.py", "__main__.py", "benchmarks.py", "cli.py", "testing.py"]
+    assert loose == ["__init__.py", "__main__.py", "benchmarks.py", "cli.py", "gpu_check.py",
+                     "testing.py"]
 
 
 def test_the_contract_imports_nothing_heavy_even_lazily():
