@@ -157,7 +157,8 @@ def _cmd_benchmark(args) -> int:
     elif args.run_dir:
         benchmarks.print_overhead(args.run_dir, [benchmarks.overhead_shares(args.run_dir)])
     else:
-        benchmarks.harness_benchmark(args.suite or "suites/overhead.toml", workers=tuple(args.workers))
+        benchmarks.harness_benchmark(args.suite or "suites/overhead.toml",
+                                     workers=tuple(args.workers))
     return 0
 
 
@@ -395,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3,
                    help="loop, prefix: runs, best kept; ntk: timings, median kept")
     p.add_argument("--suite", default=None, help="harness: the suite to time (default "
-                   "suites/overhead.toml); gpu: the suite to check (default suites/gpu-quick.toml)")
+                   "suites/overhead.toml); gpu: the suite to check (default "
+                   "suites/gpu-quick.toml)")
     p.add_argument("--out", default=None, help="gpu: a new directory for everything the check "
                    "writes (default runs/gpu-check)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
