@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.contract.errors import BenchError
+from bench.contract.errors import BenchError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except BenchError as err:
-        print(f"bench: error: {err}", file=sys.stderr)
+        print(f"bench: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`bench list records | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit

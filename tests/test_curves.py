@@ -379,6 +379,15 @@ def test_reference_is_found_by_plugin_not_by_label(tmp_path):
     assert [p.name for p in plot_run(tmp_path, band="none")] == ["tradeoff.png", "tradeoff.svg"]
 
 
+def test_a_label_grid_running_another_plugin_is_no_reference(tmp_path):
+    """issue 26: ``[methods.grid] method = "tpe"`` and no grid plugin: compared with the
+    best method, as the README says, not with the TPE run that happens to be called grid."""
+    trials = suite_trials()
+    trials[s.PLUGIN] = np.where(trials[s.METHOD] == "grid", "tpe", "de-elbo")
+    assert default_reference(trials) is None
+    assert "Reference: grid." not in report_markdown(trials)
+
+
 def test_compute_unit_from_the_records():
     trials = suite_trials()
     cpu = trials.assign(**{s.CPU_S: trials[s.RESOURCE_S], s.GPU_S: 0.0})

@@ -11,7 +11,7 @@ import pytest
 from bench.cli import main
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
-from bench.driver.suite import Budget, parse_suite
+from bench.driver.suite import Budget, load_suite, parse_suite
 from bench.zoo.task import Task
 from baselines import RandomSearch
 
@@ -180,6 +180,15 @@ BAD_SUITES = [
     ("name = 42\n", "name must be a string of letters, digits and _ . + - (at most 100, not "
                     "starting with . or -), got 42"),
     ("x = " + "[" * 5000 + "\n", "malformed TOML: nested too deeply"),
+    # issue 26: messages in the user's words, no silent defaults
+    ("[[tasks]]\n", "task 1: missing dataset, n, backbone (required)"),
+    ("[[tasks]]\ndataset = 'digits'\nbackbone = 'small-cnn'\n", "task 1: missing n (required)"),
+    ("[[tasks]]\ndataset = 'digits'\nn = 60\nbackbone = 'small-cnn'\ntest_limit = 100000\n",
+     "test_limit 100000 exceeds the"),
+    ('[methods."a|b"]\nmethod = "random"\ntrials = 1\n', "method label 'a|b' must be letters"),
+    ('[methods.""]\nmethod = "random"\ntrials = 1\n', "method label '' must be letters"),
+    ('[methods."a,b"]\nmethod = "random"\ntrials = 1\n', "method label 'a,b' must be letters"),
+    ('[methods."a\\nb"]\nmethod = "random"\ntrials = 1\n', "method label 'a\\nb' must be"),
 ]
 
 BASE = """name = "bad"
@@ -375,3 +384,26 @@ def test_reap_stops_only_recorded_processes_of_this_host(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_suite_without_a_name_says_the_name_came_from_its_file(tmp_path, capsys):
+    path = tmp_path / "my suite.toml"
+    path.write_text(BASE.split("\n", 1)[1])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "the suite sets no name, so its file's name must be" in err and "'my suite'" in err
+
+
+def test_a_byte_order_mark_is_read_as_the_editor_meant(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff".encode() + BASE.encode())
+    assert load_suite(path).name == "bad"
+
+
+def test_a_huge_value_is_cut_in_the_middle_of_the_one_line(tmp_path, capsys):
+    path = tmp_path / "huge.toml"
+    path.write_text(f"name = '{'x' * 1_000_000}'\n" + BASE.split("\n", 1)[1])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 500
+    assert "name must be a string of letters" in err and "characters left out" in err

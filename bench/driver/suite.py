@@ -43,6 +43,7 @@ code for both; what needs the records themselves is checked in ``bench.driver.su
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,13 @@ def _check_keys(where: str, table: Any, allowed) -> dict:
 
 
 def _build(where: str, cls, table: dict):
-    """``cls(**table)``; a bad key or value is refused with where it was found."""
+    """``cls(**table)``; a missing key, a bad key or a bad value is refused with where it
+    was found."""
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in table
+               and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise BenchError(f"{where}: missing {', '.join(missing)} (required)")
     try:
         return cls(**table)
     except (TypeError, BenchError) as err:
@@ -227,8 +234,12 @@ def parse_suite(text: str, origin: str = "suite", replay_only: bool = False) -> 
     if not replay and (key := next((k for k in RECORDS_KEYS if k in raw), None)):
         raise BenchError(f"{origin}: {key} is a replay suite's key; a replay suite names its "
                          "records (records = ...)")
-    name = raw.get("name", Path(origin).stem)
-    require_run_name(f"{origin}: name", name)
+    if "name" in raw:
+        name = raw["name"]
+        require_run_name(f"{origin}: name", name)
+    else:  # the run directory is named after the suite: the file's name must do as one
+        name = Path(origin).stem
+        require_run_name(f"{origin}: the suite sets no name, so its file's name", name)
     seeds = _seeds(origin, raw.get("seeds", [0]))
     budget = _build(f"{origin} [budget]", Budget,
                     _check_keys(f"{origin} [budget]", raw.get("budget", {}), BUDGET_KEYS))
@@ -276,6 +287,9 @@ def _methods(origin: str, tables: Any) -> list[MethodSpec]:
     methods = []
     for label, options in tables.items():
         where = f"{origin} [methods.{label}]"
+        if not _LABEL.fullmatch(label):  # labels name rows of tables, lines and legends
+            raise BenchError(f"{origin}: method label {label!r} must be letters, digits and "
+                             "_ . + - (at most 60, not starting with . or -)")
         options = dict(_check_keys(where, options, options or {}))
         spec = MethodSpec(label, str(options.pop("method", label)), tuple(sorted(options.items())))
         try:  # an unknown plugin or option: refused here, before any check that builds it
@@ -288,6 +302,9 @@ def _methods(origin: str, tables: Any) -> list[MethodSpec]:
                              f"{type(err).__name__}: {first}") from None
         methods.append(spec)
     return methods
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,59}")
 
 
 def _live_tasks(origin: str, tables: list) -> list[Task]:
@@ -335,8 +352,8 @@ def _reference(origin: str, reference: Any, methods: list[MethodSpec]) -> str | 
 def load_suite(path: str | Path, replay_only: bool = False) -> Suite:
     """The suite in the file at ``path``, live or replay (see ``parse_suite``)."""
     path = Path(path)
-    try:
-        text = path.read_text()
+    try:  # utf-8-sig: a byte-order mark some editors write is no TOML error
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise BenchError(f"cannot read suite {path}: "
                          f"{err.strerror if isinstance(err, OSError) else err}") from None

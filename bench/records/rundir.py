@@ -36,10 +36,12 @@ def read_metadata(run_dir: str | Path) -> dict:
 
 
 def default_reference(trials: pd.DataFrame) -> str | None:
-    """The first label (in record order) whose plugin is the grid; for records without a
-    plugin column, the label "grid"; None if neither exists."""
-    if S.PLUGIN in trials and (trials[S.PLUGIN] == GRID_PLUGIN).any():
-        return str(trials.loc[trials[S.PLUGIN] == GRID_PLUGIN, S.METHOD].iloc[0])
+    """The first label (in record order) whose plugin is the grid; only for records without
+    a plugin column, the label "grid" (a label "grid" running another plugin is not it);
+    None if neither exists."""
+    if S.PLUGIN in trials and trials[S.PLUGIN].notna().any():
+        grid = trials[S.PLUGIN] == GRID_PLUGIN
+        return str(trials.loc[grid, S.METHOD].iloc[0]) if grid.any() else None
     return GRID_PLUGIN if (trials[S.METHOD] == GRID_PLUGIN).any() else None
 
 
@@ -89,7 +91,10 @@ def run_info(run_dir: str | Path, trials: pd.DataFrame) -> RunInfo:
         suite_text = (Path(run_dir) / S.SUITE_FILE).read_text()
     except OSError:
         suite_text = ""
-    reference = metadata.get(S.REFERENCE) or default_reference(trials)
+    # a run's metadata names its reference, None included (no grid plugin: the best
+    # method); older directories without the key fall back to the records
+    reference = (metadata[S.REFERENCE] if S.REFERENCE in metadata
+                 else default_reference(trials))
     return RunInfo(reference, compute_unit(trials, metadata), task_caps(suite_text, metadata))
 
 

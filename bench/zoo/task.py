@@ -105,11 +105,17 @@ class Task:
         return tuple(override.get(p.name, p) for p in defaults) + tuned
 
     def check_data(self) -> None:
-        """Load the data set (slow) and check N fits its training pool."""
-        pool = len(load_dataset(self.dataset).train_y)
+        """Load the data set (slow) and check N fits its training pool and ``test_limit``
+        its test set (a larger limit would silently mean all of it)."""
+        data = load_dataset(self.dataset)
+        pool = len(data.train_y)
         if self.n > pool:
             raise BenchError(f"task {self.name}: N={self.n} exceeds the {pool} training "
                              f"examples of {self.dataset}")
+        if self.test_limit is not None and self.test_limit > len(data.test_y):
+            raise BenchError(f"task {self.name}: test_limit {self.test_limit} exceeds the "
+                             f"{len(data.test_y)} test examples of {self.dataset} (leave it "
+                             "out to use them all)")
 
     def load(self, seed: int) -> TaskData:
         data = load_dataset(self.dataset)
