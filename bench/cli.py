@@ -178,7 +178,7 @@ def _method_bug(err: BaseException) -> int:
 
 
 def _cmd_run(args) -> int:
-    from bench.driver.run import RunStopped, run_suite
+    from bench.driver.run import RunStopped, Terminated, run_suite, stop_on_sigterm
     from bench.driver.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -196,9 +196,14 @@ def _cmd_run(args) -> int:
         # Ctrl-C (SIGINT) stops the driver even when it was started where SIGINT is
         # ignored (a shell's background job inherits it ignored)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()  # SIGTERM (kill, a scheduler's stop) likewise: one line, exit 143
     try:
         run_suite(suite, out, address=args.address, progress=not args.quiet,
                   resume=bool(args.resume))
+    except Terminated:
+        print(f"bench: terminated (SIGTERM); {again}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"bench: interrupted; {again}", file=sys.stderr)
         return 130
@@ -207,6 +212,9 @@ def _cmd_run(args) -> int:
         return 1
     except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
         return _method_bug(err)
+    finally:
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     return _summarize(out)
 
 
@@ -285,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="run a suite on Ray; write records, plot and report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit status: 0 done; 2 bad input (nothing written); 130 interrupted by Ctrl-C "
-               "and 1 stopped\nearly by Ray (both resumable with --resume DIR); 1 also when a method's own "
-               "hook raised\n(its traceback is printed).\n"
+        epilog="exit status: 0 done; 2 bad input (nothing written); 130 interrupted by Ctrl-C, "
+               "143 by SIGTERM\nand 1 stopped early by Ray (all resumable with --resume DIR); "
+               "1 also when a method's\nown hook raised (its traceback is printed).\n"
                "BENCH_FAULTS=CAMPAIGN:TRIAL=FAULT,... injects faults (raise, nan, oom, die) "
                "into trials,\nto test that a suite survives them (see README, Reliability).")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "

@@ -8,6 +8,7 @@ started (id and kernel start time, so a reused id is never mistaken for one of t
 ``reap`` stops what is still alive of a recorded run, with its descendants, and removes
 the directory; it is called only by a driver holding the run directory's lock, so the
 recorded driver is dead. Linux only (``/proc``); elsewhere it does nothing.
+``loopback_only`` keeps that Ray off the network while it starts.
 """
 
 from __future__ import annotations
@@ -19,12 +20,38 @@ import shutil
 import signal
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.contract import schema as S
 from bench.records.tables import write_json
 
 TEMP_PREFIX = "bench-ray-"  # the only temporary directories reap removes
+# Ray's own switch for a single-machine Ray on loopback (its default on Windows and macOS)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def loopback_only():
+    """While a local Ray starts: its node address is loopback, so the GCS server, raylet,
+    agents and workers listen on 127.0.0.1 only (by default Ray listens on every interface,
+    and anyone who can reach the machine could run work as this user). ``ray.init`` turns
+    ``_node_ip_address="127.0.0.1"`` into the machine's outward address, except where Ray
+    clusters are switched off: in this process (Ray read the variable when imported) and in
+    the processes ``ray.init`` starts (they read it from the environment). Restored after,
+    so that nothing started later (a ``ray start`` node) inherits it."""
+    import ray._private.ray_constants as constants
+
+    saved_env, saved = os.environ.get(LOOPBACK_ENV), constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV], constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
 
 
 def _stat(pid: int) -> tuple[int, int] | None:

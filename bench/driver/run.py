@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,21 @@ from bench.worker.faults import ENV, faults_from_env
 
 class RunStopped(RuntimeError):
     """The suite did not finish; its run directory can be resumed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the driver stops as Ctrl-C stops it, and its run directory can be resumed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises ``Terminated`` in the main thread. ``ray.init`` installs handlers of
+    its own (Ray's lines, exit status 15 or 1, no word of resuming): this runs after it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
@@ -80,9 +97,11 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
             ray.init(address=address, **common)
         except ConnectionError as err:  # it answered, but is no Ray cluster (after Ray's retries)
             raise BenchError(f"--address {address}: {err}") from None
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
-                 **common)
+    else:  # this machine only: on loopback, without the dashboard
+        with ray_processes.loopback_only():
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
+                     _node_ip_address="127.0.0.1", **common)
+    stop_on_sigterm()
     return time.perf_counter() - started
 
 
@@ -152,6 +171,7 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     # suite time goes on from the journal's last event: the gap while dead is not counted
     clock0 = time.perf_counter() - (events[-1][AT] if events else 0.0)
     lock = journal = None
+    sigterm = signal.getsignal(signal.SIGTERM)  # Ray's and ours replace it: restored after
     try:
         ray_start_s = _start_ray(address, temp_dir)
         check_resources(suite, ray.cluster_resources())
@@ -205,6 +225,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             journal.close()
         if ray.is_initialized():
             ray.shutdown()
+        if threading.current_thread() is threading.main_thread() and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
         shutil.rmtree(temp_dir, ignore_errors=True)
         if lock is not None:  # under the lock: the next driver must not see our record
             ray_processes.forget(out)
