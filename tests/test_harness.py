@@ -407,3 +407,17 @@ def test_a_huge_value_is_cut_in_the_middle_of_the_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) < 500
     assert "name must be a string of letters" in err and "characters left out" in err
+
+
+def test_the_readmes_self_labeling_options_can_be_tuned():
+    """issue 26: ``temperature`` and ``correct_threshold`` in a self-labeling task's space
+    were refused as hyperparameters of the regularizer; they are tuned, and checked by
+    self-labeling's own rules."""
+    task = ("[[tasks]]\ndataset = 'digits'\nn = 60\nbackbone = 'small-cnn'\nimage_size = 8\n"
+            "self_labeling = {}\n[tasks.space]\n"
+            "temperature = { low = 0.5, high = 8, grid = [1, 2, 4] }\n"
+            "correct_threshold = { low = 0.5, high = 0.99, grid = [0.8, 0.9], log = false }\n")
+    suite = parse_suite(_merge(task), "s.toml")
+    assert {"temperature", "correct_threshold"} <= {p.name for p in suite.tasks[0].search_space()}
+    with pytest.raises(BenchError, match="space.correct_threshold: self_labeling.correct_thr"):
+        parse_suite(_merge(task.replace("grid = [0.8, 0.9]", "grid = [0.8, 1.5]")), "s.toml")

@@ -199,6 +199,12 @@ def check_task_values(where: str, task: Task) -> None:
 
     for param in task.space:
         for value in (param.low, param.high, *param.grid):
+            if task.self_labeling is not None and param.name in task.self_labeling.names():
+                try:  # self-labeling's own options: its config checks them
+                    task.self_labeling.with_values({param.name: value})
+                except BenchError as err:
+                    raise BenchError(f"{where} space.{param.name}: {err}") from None
+                continue
             check_hyperparameter(f"{where} space.{param.name}", param.name, task.regularizer,
                                  value)
     if task.batch_size > task.n:
