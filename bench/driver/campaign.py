@@ -17,6 +17,7 @@ from bench.contract.errors import BenchError
 from bench.contract.method import FINISHED, Context, Method, Result
 from bench.contract.protocol import (SCORES, Decision, EpochReport, Event, FinalResult,
                                      TrialRequest, event, event_kind)
+from bench.contract.space import suggestion_problems
 from bench.driver.suite import Budget
 from bench.worker.trial import TrialSpec, execute_trial
 from bench.zoo.task import Task
@@ -33,6 +34,17 @@ class MethodHookError(RuntimeError):
                          f"{first}")
         self.label, self.hook = label, hook
         self.trace = traceback.format_exc()
+
+
+class BadSuggestion(MethodHookError):
+    """A method's ``suggest`` gave a configuration the space does not hold (a missing or
+    extra name, a value that is no finite number, outside its range, or in a replay none of
+    the recorded values): a bug in the method, never trained with a default in its place."""
+
+    def __init__(self, label: str, trial: str, problems: list[str]) -> None:
+        RuntimeError.__init__(self, f"method {label!r} suggest() gave trial {trial} a bad "
+                                    f"configuration: {'; '.join(problems)}")
+        self.label, self.hook, self.trace = label, "suggest", ""
 
 
 class Campaign:
@@ -90,6 +102,7 @@ class Campaign:
         self.spent_s = 0.0
         self.method_done = False
         context = Context.of(task, seed, budget, discrete)
+        self.space, self.discrete = context.space, discrete  # suggestions are checked on it
         self.cap_s = context.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
         self._hook("start", context)
@@ -153,6 +166,9 @@ class Campaign:
                 self.method_done = True
                 self._tell_upto(len(self.tuning_order))
                 break
+            if problems := suggestion_problems(config, self.space, self.discrete,
+                                               learned=not self.method.uses_validation):
+                raise BadSuggestion(self.label, self._tuning_id(j), problems)
             own = self._issue_tuning(config)
             if own not in self.repeat_of or not self._settle_repeat(own):
                 return own
