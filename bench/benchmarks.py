@@ -123,7 +123,8 @@ def prefix_benchmark(steps: int = 30, batch_size: int = 32, repeats: int = 3,
 
 
 def overhead_shares(run_dir) -> dict:
-    """Where a finished run's time went, as shares of its budget (wall x pool resources).
+    """Where a finished run's time went, as shares of its budget (wall x workers x what one
+    trial is charged per second, in the budget's unit: its GPUs or its CPU cores).
 
     Useful = training + evaluation inside trials (a trial stopped at a report, pruned or
     over budget, counts what its last report measured). Harness overhead = Ray start + the time
@@ -146,8 +147,12 @@ def overhead_shares(run_dir) -> dict:
     if "suite_wall_s" not in meta or "ray_start_s" not in meta:
         raise BenchError(f"{run_dir} holds no finished suite run (a replay, or a run that "
                          "was stopped): nothing to split")
+    from bench.records.rundir import metadata_unit
+
     budget = meta["budget"]
-    res = budget["cpus_per_worker"] + budget["gpus_per_worker"]
+    unit = metadata_unit(meta)  # None: a run from before units charged CPUs + GPUs
+    res = {"gpu": budget["gpus_per_worker"], "cpu": budget["cpus_per_worker"]}.get(
+        unit, budget["cpus_per_worker"] + budget["gpus_per_worker"])
     total = meta["suite_wall_s"] * budget["workers"] * res
     useful = float((trials[S.TRAIN_S].fillna(0) + trials[S.EVAL_S].fillna(0)).sum()) * res
     in_trials = float(trials[S.RESOURCE_S].sum())

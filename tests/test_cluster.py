@@ -133,7 +133,7 @@ def test_fractional_gpu_budgets_fit_the_cluster_arithmetic():
                         {"CPU": 8.0, "GPU": 1.0})
     with pytest.raises(BenchError, match="has no GPU"):
         check_resources(fits, {"CPU": 4.0})
-    assert four.resources_per_worker == 1.25
+    assert four.unit == "gpu" and four.charge_rate == 0.25  # GPU-seconds: the share held
 
 
 def test_resource_seconds_count_cpu_and_gpu_apart():
@@ -157,5 +157,5 @@ def test_resource_seconds_count_cpu_and_gpu_apart():
     row = campaign.rows[0]
     assert request.kind == S.SEARCH
     assert row[S.WALL_S] == 10.0 and row[S.CPU_S] == 20.0 and row[S.GPU_S] == 2.5
-    assert row[S.RESOURCE_S] == 22.5 and row[S.OVERHEAD_S] == 1.0
-    assert campaign.spent_s == 22.5
+    assert row[S.RESOURCE_S] == 2.5 and row[S.OVERHEAD_S] == 1.0  # charged in GPU-seconds
+    assert campaign.spent_s == 2.5

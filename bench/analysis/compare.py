@@ -65,12 +65,16 @@ def _task_scores(task_key, run, curves, reference, kinds, fractions) -> list[dic
 
 def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     """The long table (``SCORE_COLUMNS``) of every task of ``run_dirs`` at ``fractions``;
-    a task name found in two runs is told apart by its run's folder name."""
+    a task name found in two runs is told apart by its run's folder name. Runs that count
+    compute in different units are refused (``compare_unit``)."""
     loaded = []
+    units = {}
     for run_dir in run_dirs:
         trials, info = load_run(run_dir)
+        units[str(run_dir)] = info.unit
         loaded.append((Path(run_dir).name, anytime_curves(trials), info.reference,
                        method_kinds(trials)))
+    unit = compare_unit(units)
     seen: dict[str, int] = {}
     for _, curves, _, _ in loaded:
         for task in set(curves[TASK]):
@@ -82,7 +86,21 @@ def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
             rows += _task_scores(key, run, tc, reference, kinds, fractions)
     if not rows:
         raise BenchError("compare: no task has a scored point in " + ", ".join(map(str, run_dirs)))
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    scores.attrs["unit"] = unit  # what compute_s counts
+    return scores
+
+
+def compare_unit(units: dict[str, str]) -> str:
+    """The one unit every run counts compute in ({run: unit label}); a budget in GPU-seconds
+    and one in CPU core-seconds are no fractions of one another: refused."""
+    labels = list(dict.fromkeys(units.values()))
+    if len(labels) > 1:
+        first = {label: run for run, label in reversed(units.items())}
+        raise BenchError("compare: the runs count compute in different units ("
+                         + ", ".join(f"{first[label]}: {label}" for label in labels)
+                         + "); compare runs of one unit")
+    return labels[0] if labels else ""
 
 
 def friedman_nemenyi(scores: pd.DataFrame) -> dict | None:
@@ -104,7 +122,7 @@ def friedman_nemenyi(scores: pd.DataFrame) -> dict | None:
             "mean_rank": ranks.mean().sort_values()}
 
 
-def compare_markdown(scores: pd.DataFrame, test: dict | None, runs) -> str:
+def compare_markdown(scores: pd.DataFrame, test: dict | None, runs, unit: str = "") -> str:
     fractions = sorted(set(scores["fraction"]))
     tasks = list(dict.fromkeys(scores["task"]))
     summary = scores.groupby([METHOD, "fraction"]).agg(
@@ -113,7 +131,7 @@ def compare_markdown(scores: pd.DataFrame, test: dict | None, runs) -> str:
     lines = [f"# Comparison over {len(tasks)} tasks", "",
              "Runs: " + ", ".join(f"`{r}`" for r in runs) + ".", "",
              "Budgets are fractions of each task's reference method's final compute (mean "
-             "over its seeds). Score: the method's mean test accuracy over all its seeds at "
+             f"over its seeds{'; compute in ' + unit if unit else ''}). Score: the method's mean test accuracy over all its seeds at "
              "that budget, normalised per task (0 = the worst method's final mean, 1 = the "
              "best's). Rank among the task's methods, 1 = best; a method without a mean over "
              "all its seeds at that budget ranks last and has no score (score columns average "
@@ -234,7 +252,7 @@ def compare_runs(run_dirs, out: str | Path) -> tuple[str, list[Path]]:
     scores = compare_scores(run_dirs, sorted(set(FRACTIONS) | set(CURVE_FRACTIONS)))
     table = scores[scores["fraction"].isin(FRACTIONS)]
     test = friedman_nemenyi(table)
-    text = compare_markdown(table, test, [str(r) for r in run_dirs])
+    text = compare_markdown(table, test, [str(r) for r in run_dirs], scores.attrs["unit"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.md", text)

@@ -58,7 +58,7 @@ def _pick_reference(task: str, wanted: str | None, curves: pd.DataFrame) -> tupl
 
 
 def _task_report(task: str, trials: pd.DataFrame, curves: pd.DataFrame,
-                 wanted: str | None) -> list[str]:
+                 wanted: str | None, unit: str = "") -> list[str]:
     lines = [f"## {task}", ""]
     methods = sorted(set(trials[METHOD]))
     counts = trials.groupby([METHOD, STATUS]).size().unstack(fill_value=0)
@@ -93,7 +93,9 @@ def _task_report(task: str, trials: pd.DataFrame, curves: pd.DataFrame,
         lines.append(f"| {m} | {kinds[m]} | {len(acc)} | {100 * acc.mean():.2f}"
                      f"{_interval(low[0], high[0], '.2f', 100)} | {delta} | "
                      f"{int(pr['pairs']) if m != reference else '–'} | {p} | {best} |")
-    lines += ["", f"| method | final compute | compute to target | ratio to {reference} | "
+    unit = f" ({unit})" if unit else ""
+    lines += ["", f"| method | final compute{unit} | compute to target{unit} | "
+              f"ratio to {reference} | "
               + " | ".join(STATUSES) + " |", "|---|---:|---:|---:|" + "---:|" * len(STATUSES)]
     for m in methods:
         status = " | ".join(str(counts.loc[m].get(s, 0)) for s in STATUSES)
@@ -159,7 +161,7 @@ def report_markdown(trials: pd.DataFrame, reference: str | None = None,
         "Status columns count every run (search, retrain and learned).", ""]
     for task in sorted(set(trials[TASK])):
         lines += _task_report(task, trials[trials[TASK] == task], curves[curves[TASK] == task],
-                              reference)
+                              reference, unit)
     return "\n".join(lines)
 
 

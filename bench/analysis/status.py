@@ -18,7 +18,7 @@ from bench.contract.errors import BenchError
 from bench.contract.names import task_name
 from bench.contract.protocol import Event, event_kind
 from bench.records.journal import AT, read_journal
-from bench.records.rundir import compute_unit, read_metadata, task_caps
+from bench.records.rundir import compute_unit, metadata_unit, read_metadata, task_caps
 from bench.records.tables import read_trials
 
 STATUS_COLUMNS = ["campaign", S.TASK, S.METHOD, S.SEED, "state", "trials", "retrains",
@@ -149,7 +149,8 @@ def run_status(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         facts["campaigns"] = max(facts["campaigns"], len(rows))
     table = pd.DataFrame(rows, columns=STATUS_COLUMNS)
     facts["unit"] = compute_unit(read_trials(run_dir), metadata) if (
-        run_dir / S.TRIALS_FILE).is_file() else "resource-seconds"
+        run_dir / S.TRIALS_FILE).is_file() else S.UNIT_LABELS.get(
+            metadata_unit(metadata) or "", "resource-seconds")
     return table, facts
 
 

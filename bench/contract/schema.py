@@ -7,7 +7,9 @@ One row of ``trials.parquet`` is one training run:
   ``retrain_of`` names the search trial whose configuration it retrains.
 - ``kind == LEARNED``: a learned-hyperparameter method's run on all N, scored on the test
   set, with its own selection ``objective`` (lower is better).
-Compute is charged in ``resource_s`` (wall seconds x resources held).
+Compute is charged in ``resource_s``, in the budget's unit (``UNIT_LABELS``): GPU-seconds
+(wall seconds x the GPU fraction held) or CPU core-seconds (wall seconds x the cores held);
+``cpu_s`` and ``gpu_s`` are both kept beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ OK, FAILED, OVER_BUDGET, PRUNED = "ok", "failed", "over_budget", "pruned"
 # names it: {"repeat_of": trial id}), charged no compute
 REPEAT = "repeat"
 
+# the units a budget counts compute in ([budget] unit), as axes and tables name them
+UNIT_LABELS = {"gpu": "GPU-seconds", "cpu": "CPU core-seconds"}
+
 # trials.parquet columns
 SUITE = "suite"
 TASK = "task"
@@ -52,7 +57,7 @@ STEPS_DONE = "steps_done"
 STARTED_S = "started_s"  # seconds since the suite started
 ENDED_S = "ended_s"
 WALL_S = "wall_s"
-RESOURCE_S = "resource_s"  # wall_s x (cpus + gpus) held by the trial
+RESOURCE_S = "resource_s"  # the compute charged, in the budget's unit: gpu_s or cpu_s
 CPU_S = "cpu_s"
 GPU_S = "gpu_s"
 TRAIN_S = "train_s"

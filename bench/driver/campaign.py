@@ -119,7 +119,8 @@ class Campaign:
 
     @property
     def res(self) -> float:
-        return self.budget.resources_per_worker
+        """Compute charged per wall second of a trial, in the budget's unit."""
+        return self.budget.charge_rate
 
     def running(self) -> list[str]:
         """Trials started or pending, of any kind, not yet complete."""
@@ -295,6 +296,7 @@ class Campaign:
             S.STATUS: status, S.CONFIG: json.dumps(request.hp, sort_keys=True),
             S.RETRAIN_OF: request.retrain_of,
             S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
+            # charged in the budget's unit; CPU and GPU time are kept both, always
             S.RESOURCE_S: wall * self.res, S.CPU_S: wall * self.budget.cpus_per_worker,
             S.GPU_S: wall * self.budget.gpus_per_worker,
             S.TRAIN_S: train_s, S.EVAL_S: eval_s,

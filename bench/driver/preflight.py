@@ -79,9 +79,9 @@ def check_tasks(suite: Suite) -> None:
             timed[key] = step_seconds(task, threads)
         if budget.gpus_per_worker > 0:
             continue
-        one_trial = task.steps * timed[key] * budget.resources_per_worker
+        one_trial = task.steps * timed[key] * budget.charge_rate
         cap = task.cap_s or budget.cap_s
         if cap < one_trial:
-            raise BenchError(f"task {task.name}: cap_s {cap:g} resource-s is smaller than one "
-                             f"trial, whose {task.steps} steps take at least {one_trial:.1f} "
-                             "resource-s here (timed)")
+            raise BenchError(f"task {task.name}: cap_s {cap:g} {budget.unit_label} is smaller "
+                             f"than one trial, whose {task.steps} steps take at least "
+                             f"{one_trial:.3g} {budget.unit_label} here (timed)")

@@ -12,7 +12,8 @@ records. E.g. ``suites/replay-cifar10-resnet50.toml``:
 
     [budget]
     workers = 1
-    cpus_per_worker = 1                      # recorded runs held one GPU: resource = runtime
+    gpus_per_worker = 1                      # recorded runs held one A100 each:
+    unit = "gpu"                             # A100 GPU-seconds = runtime (the default here)
     cap_s = 1e12
 
     [[tasks]]
@@ -72,7 +73,7 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
     write_json(out / S.METADATA_FILE, metadata)
     simulate(queue, recorded, suite.budget.workers, clock)
     rows = [r for c in view.campaigns for r in c.rows]
-    if published:  # each recorded run held one A100: charge GPU-seconds
+    if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
         rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
     trials = frame(rows, S.TRIAL_COLUMNS)
     if records.bo:

@@ -4,6 +4,7 @@ campaign with the same worker pool and cap, keep the records, then plot and repo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -44,18 +45,29 @@ def stop_on_sigterm() -> None:
 
 
 def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
-    """The pool must fit the cluster: an impossible budget is refused before any trial."""
+    """The pool must fit the cluster: an impossible budget is refused before any trial.
+    A GPU fraction f packs floor(1 / f) trials on each GPU (Ray's fractional resources),
+    so ``workers`` may exceed the GPU count."""
     b = suite.budget
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     if b.gpus_per_worker > 0 and gpus == 0:
         raise BenchError(f"budget asks for {b.gpus_per_worker:g} GPU per worker but the "
-                         "Ray cluster has no GPU")
+                         "Ray cluster has no GPU (run where CUDA is, or join a cluster with "
+                         "GPUs: --address HOST:PORT)")
     if b.workers * b.cpus_per_worker > cpus + 1e-9:
         raise BenchError(f"budget needs {b.workers} x {b.cpus_per_worker:g} CPUs but the "
                          f"Ray cluster has {cpus:g}")
-    if b.workers * b.gpus_per_worker > gpus + 1e-9:
+    if b.gpus_per_worker <= 0:
+        return
+    if b.gpus_per_worker < 1:  # no trial's share spans two GPUs
+        per_gpu = math.floor(1 / b.gpus_per_worker + 1e-9)
+        fits = math.floor(gpus + 1e-9) * per_gpu
+    else:
+        fits = math.floor(gpus / b.gpus_per_worker + 1e-9)
+    if b.workers > fits:
         raise BenchError(f"budget needs {b.workers} x {b.gpus_per_worker:g} GPUs but the "
-                         f"Ray cluster has {gpus:g}")
+                         f"Ray cluster has {gpus:g} (it fits {fits} trials at "
+                         f"{b.gpus_per_worker:g} GPU)")
 
 
 ADDRESS_TIMEOUT_S = 5.0

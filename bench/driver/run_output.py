@@ -112,7 +112,7 @@ class Progress:
     def done(self, campaign) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
         self.say(f"{self.where(campaign)}: done, {len(tuning)} trials, "
-                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s")
+                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} {campaign.budget.unit_label}")
 
     def record(self, campaign, row: dict) -> None:
         tuning = [r for r in campaign.rows if r[S.KIND] != S.RETRAIN]
@@ -122,7 +122,7 @@ class Progress:
         if row[S.STATUS] == S.FAILED:
             what += f" ({(row.get(S.ERROR) or '?')[:80]})"
         self.say(f"{self.where(campaign)}: {what} | {len(tuning)} trials, "
-                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} resource-s | "
+                 f"{campaign.spent_s:.0f}/{campaign.cap_s:.0f} {campaign.budget.unit_label} | "
                  f"best val_nll {best} | {time.perf_counter() - self.started:.0f} s elapsed")
 
     def say(self, line: str) -> None:

@@ -7,9 +7,11 @@
 
     [budget]
     workers = 2            # trials running at once
-    cpus_per_worker = 1    # Ray resources per trial (fractions allowed)
-    gpus_per_worker = 0
-    cap_s = 600            # tuning compute per (task, method, seed), resource-seconds
+    cpus_per_worker = 1    # Ray resources per trial: CPU cores (>= 1 when unit = "cpu")
+    gpus_per_worker = 0    # GPUs: a fraction in (0, 1] shares one, or a whole number
+    unit = "cpu"           # what compute is counted in: "gpu" (GPU-seconds, the default
+                           # with GPUs) or "cpu" (CPU core-seconds, the default without)
+    cap_s = 600            # tuning compute per (task, method, seed), in that unit
                            # (a task may set its own cap_s)
 
     [[tasks]]
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.contract.errors import BenchError
 from bench.contract.method import Context, Method
+from bench.contract.schema import UNIT_LABELS
 from bench.contract.options import (is_number, require_bool, require_int, require_positive,
                                     require_run_name, require_seed)
 from bench.contract.plugins import build_method
@@ -63,24 +66,50 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Budget:
-    """The worker pool and compute cap every method of a task gets."""
+    """The worker pool and compute cap every method of a task gets, and the one unit that
+    compute is counted in: ``unit`` "gpu" charges a trial wall seconds x the GPUs it holds
+    (GPU-seconds), "cpu" wall seconds x its CPU cores (core-seconds). Left out: "gpu"
+    whenever trials hold GPUs, else "cpu" (resolved here, so records name it)."""
 
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     cap_s: float = 600.0
+    unit: str = ""
 
     def __post_init__(self) -> None:
         require_int("budget.workers", self.workers, 1)
         require_positive("budget.cpus_per_worker", self.cpus_per_worker)
-        if not is_number(self.gpus_per_worker) or self.gpus_per_worker < 0:
-            raise BenchError(f"budget.gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        gpus = self.gpus_per_worker
+        if not is_number(gpus) or gpus < 0:
+            raise BenchError(f"budget.gpus_per_worker must be >= 0, got {gpus!r}")
+        if gpus > 1 and gpus != int(gpus):  # Ray cannot split a trial across GPUs unevenly
+            raise BenchError(f"budget.gpus_per_worker must be a fraction in (0, 1] (trials "
+                             f"share a GPU) or a whole number of GPUs, got {gpus:g}")
         require_positive("budget.cap_s", self.cap_s)
+        unit = self.unit or ("gpu" if gpus > 0 else "cpu")
+        if not isinstance(unit, str) or unit not in UNIT_LABELS:
+            raise BenchError(f"budget.unit must be one of {', '.join(map(repr, UNIT_LABELS))}, "
+                             f"got {self.unit!r}")
+        if unit == "gpu" and gpus == 0:
+            raise BenchError("budget.unit = 'gpu' counts GPU-seconds but gpus_per_worker is 0: "
+                             "give trials GPUs (e.g. gpus_per_worker = 0.25) or use unit = 'cpu'")
+        if unit == "cpu" and self.cpus_per_worker < 1:
+            # a trial trains on at least one whole thread: a fraction would undercharge it
+            raise BenchError(f"budget.cpus_per_worker must be >= 1 when compute is counted in "
+                             f"CPU core-seconds (a trial uses at least one whole thread), got "
+                             f"{self.cpus_per_worker:g}")
+        object.__setattr__(self, "unit", unit)
 
     @property
-    def resources_per_worker(self) -> float:
-        """What one trial holds; resource-seconds = wall seconds x this."""
-        return self.cpus_per_worker + self.gpus_per_worker
+    def charge_rate(self) -> float:
+        """What one trial is charged per wall second, in ``unit``: the GPUs it holds, or
+        its CPU cores."""
+        return self.gpus_per_worker if self.unit == "gpu" else self.cpus_per_worker
+
+    @property
+    def unit_label(self) -> str:
+        return UNIT_LABELS[self.unit]
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,9 @@ def _task_table(where: str, table: Any) -> dict:
     """A task table; its ``space`` sub-table overrides search ranges and grids by name."""
     from bench.zoo.task import Task
 
+    if isinstance(table, dict) and "unit" in table:  # one unit per suite: no task's own
+        raise BenchError(f"{where}: unit is the budget's ([budget] unit = ...): every task of "
+                         "a suite counts its compute in the same unit")
     table = dict(_check_keys(where, table, [f.name for f in dataclasses.fields(Task)]))
     space = _check_keys(f"{where} space", table.get("space", {}), table.get("space") or {})
     params = []
@@ -266,11 +298,35 @@ def parse_suite(text: str, origin: str = "suite", replay_only: bool = False) -> 
 
         records = record_source(origin, raw)
         tasks = recorded_tasks(origin, records, tasks, seeds, methods)
+        budget = _replay_budget(f"{origin} [budget]", raw.get("budget", {}), budget, records)
     for spec in methods:
         check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
                      discrete=replay)
     return Suite(str(name), tuple(tasks), tuple(methods), tuple(seeds), budget, text,
                  reference, records)
+
+
+def _replay_budget(where: str, table: dict, budget: Budget, records: RecordSource) -> Budget:
+    """A replay counts compute in its records' unit. Published runtimes are A100 GPU-seconds
+    of runs that held one GPU each: unit "gpu" at one GPU per trial (the default there). A
+    run directory's records: the unit its metadata names (older runs without GPUs: "cpu")."""
+    from bench.driver.suite_records import is_published
+    from bench.records.rundir import metadata_unit, read_metadata
+
+    if is_published(records):
+        if ("unit" in table and budget.unit != "gpu"
+                or "gpus_per_worker" in table and budget.gpus_per_worker != 1):
+            raise BenchError(f"{where}: published records are A100 GPU-seconds of runs that "
+                             "held one GPU each: leave unit and gpus_per_worker out, or set "
+                             "unit = 'gpu' and gpus_per_worker = 1")
+        return dataclasses.replace(budget, gpus_per_worker=1.0, unit="gpu")
+    recorded = metadata_unit(read_metadata(records.name))
+    if recorded is not None and recorded != budget.unit:
+        raise BenchError(f"{where}: unit is {budget.unit!r} but the records in {records.name} "
+                         f"count {UNIT_LABELS[recorded]}: set unit = {recorded!r}"
+                         + (" and gpus_per_worker" if recorded == "gpu" else "")
+                         + " (one unit per run)")
+    return budget
 
 
 def _seeds(origin: str, seeds: Any) -> list[int]:

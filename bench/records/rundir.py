@@ -15,8 +15,9 @@ from bench.contract import schema as S
 from bench.records.tables import read_trials
 
 GRID_PLUGIN = "grid"
-CPU_UNIT = "CPU core-seconds"
-GPU_UNIT = "GPU-seconds"
+CPU_UNIT = S.UNIT_LABELS["cpu"]
+GPU_UNIT = S.UNIT_LABELS["gpu"]
+#: runs written before budgets had a unit charged wall x (CPUs + GPUs) when they held GPUs
 MIXED_UNIT = "resource-seconds (CPU cores + GPUs held)"
 
 
@@ -45,16 +46,41 @@ def default_reference(trials: pd.DataFrame) -> str | None:
     return GRID_PLUGIN if (trials[S.METHOD] == GRID_PLUGIN).any() else None
 
 
+def metadata_unit(metadata: dict) -> str | None:
+    """The unit a run's budget counted compute in ("gpu" or "cpu", ``S.UNIT_LABELS``), as
+    its metadata.json records it; a run from before budgets had units: "cpu" if its trials
+    held no GPU, else None (it charged CPUs + GPUs together)."""
+    if not isinstance(metadata, dict):
+        return None
+    if metadata.get("compute_unit") == S.GPU_S:  # a replay of published (A100) runtimes
+        return "gpu"
+    budget = metadata.get("budget")
+    if not isinstance(budget, dict):
+        return None
+    if budget.get("unit") in S.UNIT_LABELS:
+        return str(budget["unit"])
+    return "cpu" if "unit" not in budget and budget.get("gpus_per_worker") == 0 else None
+
+
 def compute_unit(trials: pd.DataFrame, metadata: dict) -> str:
-    """The records' own unit: published runtimes are A100 GPU-seconds; a run charged GPU
-    time only is GPU-seconds, CPU time only is CPU core-seconds; otherwise their sum."""
+    """The records' own unit, as axes and tables name it: published runtimes are A100
+    GPU-seconds; a run's budget names its unit in metadata.json. Runs from before budgets
+    had units: read from the records (GPU time only: GPU-seconds, CPU time only: CPU
+    core-seconds, otherwise their sum)."""
+    metadata = metadata if isinstance(metadata, dict) else {}
     if metadata.get("compute_label"):  # a replay of published records says so itself
         return str(metadata["compute_label"])
     if str(metadata.get("records", "")).startswith("published:"):
         return f"A100 {GPU_UNIT}, published runtimes"
+    budget = metadata.get("budget")
+    if isinstance(budget, dict) and budget.get("unit") in S.UNIT_LABELS:
+        return S.UNIT_LABELS[budget["unit"]]
+    if S.RESOURCE_S not in trials:
+        return CPU_UNIT
     charged = trials[trials[S.RESOURCE_S].fillna(0) > 0]
     if charged.empty:
-        return MIXED_UNIT if metadata.get("budget", {}).get("gpus_per_worker") else CPU_UNIT
+        return MIXED_UNIT if isinstance(budget, dict) and budget.get("gpus_per_worker") \
+            else CPU_UNIT
     zero = pd.Series(0.0, index=charged.index)
     gpu = charged[S.GPU_S].fillna(0) if S.GPU_S in charged else zero
     cpu = charged[S.CPU_S].fillna(0) if S.CPU_S in charged else zero

@@ -33,10 +33,34 @@ def noise_info(data) -> dict:
 
 
 def trial_device(gpus: float) -> str:
-    """The GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    """The GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else the CPU. A trial holding a
+    GPU share where torch sees no CUDA (a cluster given fake GPUs, ``ray start --num-gpus``
+    on a machine without one, as the tests do) trains on the CPU: the records say so
+    (``info["device"]``). A fraction below 1 caps this process's share of the GPU's memory,
+    so that running out of it is this trial's failure, never a neighbour's."""
     import torch
 
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if gpus <= 0 or not torch.cuda.is_available():
+        return "cpu"
+    if gpus < 1:  # once per worker process; Ray packs floor(1 / gpus) of them on a GPU
+        torch.cuda.set_per_process_memory_fraction(gpus, torch.device("cuda"))
+    return "cuda"
+
+
+def out_of_memory(err: BaseException, gpus: float) -> str:
+    """A GPU out-of-memory error in the user's words: the share it ran out at."""
+    import torch
+
+    share = f"its {gpus:g} share" if gpus < 1 else f"its {gpus:g} GPU(s)"
+    total = torch.cuda.get_device_properties(torch.device("cuda")).total_memory / 2**30
+    first = (str(err).strip().splitlines() or [""])[0]
+    return (f"out of GPU memory at {share} ({total * min(gpus, 1):.1f} of {total:.1f} GiB): "
+            f"{first}")
+
+
+def device_info(gpus: float, device: str) -> dict:
+    """Where a trial holding a GPU share trained (CPU-only trials' records stay as they were)."""
+    return {"device": device} if gpus > 0 else {}
 
 
 @dataclass(frozen=True)
@@ -62,9 +86,11 @@ def execute_trial(request: TrialRequest, spec: TrialSpec,
     started = time.perf_counter()
     torch.set_num_threads(spec.threads)
     node = socket.gethostname()
+    device = "cpu"
     try:
         inject_at_start(request.fault)
-        data = task_data(spec.task, spec.seed, trial_device(spec.gpus))
+        device = trial_device(spec.gpus)
+        data = task_data(spec.task, spec.seed, device)
         make_network = poisoned(data.network, request.fault)
         if request.kind == S.SEARCH:
             train, held_out = data.split()
@@ -92,7 +118,12 @@ def execute_trial(request: TrialRequest, spec: TrialSpec,
             S.OK, {f"{prefix}_nll": scores["nll"], f"{prefix}_acc": scores["acc"],
                    S.OBJECTIVE: fitted.objective},
             steps_done=fitted.steps_done, train_s=fitted.train_s, eval_s=eval_s,
-            info=json.dumps(fitted.info | noise_info(data), default=float), node=node)
+            info=json.dumps(fitted.info | noise_info(data) | device_info(spec.gpus, device),
+                            default=float), node=node)
+    except torch.cuda.OutOfMemoryError as err:  # at its own share (trial_device)
+        torch.cuda.empty_cache()  # what it held goes back for the worker's next trial
+        final = FinalResult(S.FAILED, node=node, error=out_of_memory(err, spec.gpus)[:500],
+                            trace=traceback.format_exc()[-2000:])
     except Exception as err:  # noqa: BLE001 - a failing trial (MemoryError too) is a result
         final = FinalResult(S.FAILED, node=node, error=f"{type(err).__name__}: {err}"[:500],
                             trace=traceback.format_exc()[-2000:])
