@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,84 @@ def test_make_regularizer_refuses_unknown_names_and_bad_values():
         make_regularizer("l2sp", gamma=1.0)
     with pytest.raises(BenchError, match="finite number"):
         make_regularizer("wd", beta=-1.0)
+
+
+# -- MARS-SP against the authors' code (henrygouk/mars-finetuning, lipschitz.py), ported to
+# NumPy line by line in Keras' layouts: a conv kernel is (kh, kw, in, out), a dense one
+# (in, out); LInfLipschitzConstraint sums |t| over every axis but the last, FrobeniusConstraint
+# over all, BatchNormLipschitzConstraint clips gamma / sqrt(var + 1e-6) around its start.
+
+def _authors_linf(w, zero, max_k):
+    t = w - zero
+    axes = (0, 1, 2) if w.ndim == 4 else 0
+    norms = np.abs(t).sum(axis=axes, keepdims=True)
+    return zero + t * (1.0 / np.maximum(1.0, norms / max_k))
+
+
+def _authors_frob(w, zero, max_k):
+    t = w - zero
+    return zero + t * (1.0 / np.maximum(1.0, np.sqrt((t ** 2).sum()) / max_k))
+
+
+def _authors_bn(gamma, var, gamma0, var0, max_k):
+    diag, zero_diag = gamma / np.sqrt(var + 1e-6), gamma0 / np.sqrt(var0 + 1e-6)
+    t = diag - zero_diag
+    v = t * (1.0 / np.maximum(1.0, np.abs(t) / max_k))
+    return (v + zero_diag) * np.sqrt(var + 1e-6)
+
+
+def _bn_net():
+    """conv -> BatchNorm -> pool -> linear head, moved away from its start (BatchNorm's
+    running variance too, as training moves it)."""
+    from torch import nn
+
+    from bench.zoo.network import Network
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 4)).double()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+    net = Network(model, head="4", stage_of={})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model[1].running_var.mul_(torch.empty(6, dtype=torch.float64).uniform_(0.5, 2.0))
+    return net
+
+
+@pytest.mark.parametrize("cls, authors", [(MarsSP, _authors_linf), (MarsSPFrobenius, _authors_frob)])
+def test_mars_sp_equals_the_authors_formulas_batchnorm_included(cls, authors):
+    net = _bn_net()
+    m = net.model
+    keras = lambda t: t.detach().numpy().transpose(2, 3, 1, 0) if t.ndim == 4 else \
+        t.detach().numpy().T  # noqa: E731 - torch (out, in, ...) to Keras (..., in, out)
+    conv, conv0, head = keras(m[0].weight), keras(net.mu0["0.weight"]), keras(m[4].weight)
+    gamma, var = m[1].weight.detach().numpy(), m[1].running_var.numpy()
+    gamma0, var0 = net.mu0["1.weight"].numpy(), net.running_var0["1.weight"].numpy()
+    lam_bb, lam_head = 0.7, 0.3
+    with torch.no_grad():
+        cls(lambda_bb=lam_bb, lambda_head=lam_head).project(net)
+    np.testing.assert_allclose(keras(m[0].weight), authors(conv, conv0, lam_bb), rtol=0,
+                               atol=1e-14)
+    np.testing.assert_allclose(keras(m[4].weight), authors(head, 0 * head, lam_head), rtol=0,
+                               atol=1e-14)
+    np.testing.assert_allclose(m[1].weight.detach().numpy(),
+                               _authors_bn(gamma, var, gamma0, var0, lam_bb), rtol=0, atol=1e-14)
+    gain = m[1].weight.detach() / (m[1].running_var + 1e-6).sqrt()
+    gain0 = net.mu0["1.weight"] / (net.running_var0["1.weight"] + 1e-6).sqrt()
+    assert float((gain - gain0).abs().max()) <= lam_bb + 1e-12
+    assert float((gain - gain0).abs().max()) == pytest.approx(lam_bb)  # it binds here
+
+
+def test_mars_sp_at_radius_zero_is_the_centre_exactly():
+    net = _bn_net()
+    with torch.no_grad():
+        MarsSP(lambda_bb=0.0, lambda_head=0.0).project(net)
+    m = net.model
+    assert torch.equal(m[0].weight, net.mu0["0.weight"])
+    assert torch.equal(m[4].weight, torch.zeros_like(m[4].weight))
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    gain = m[1].weight.detach() / (m[1].running_var + 1e-6).sqrt()
+    gain0 = net.mu0["1.weight"] / (net.running_var0["1.weight"] + 1e-6).sqrt()
+    torch.testing.assert_close(gain, gain0, rtol=0, atol=1e-14)

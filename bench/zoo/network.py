@@ -15,17 +15,23 @@ class Network:
 
     ``head`` names the module of the new final layer; every other parameter is backbone.
     ``stage_of`` maps a backbone parameter name to its depth stage (0 = nearest the input),
-    used by depth-dependent regularizers. ``mu0`` holds the pretrained backbone values.
+    used by depth-dependent regularizers. ``mu0`` holds the pretrained backbone values, and
+    ``running_var0`` the pretrained running variance of each trained backbone BatchNorm,
+    by the name of its weight (gamma): what BatchNorm constraints measure from.
     """
 
     model: nn.Module
     head: str
     stage_of: dict[str, int]
     mu0: dict[str, torch.Tensor] = field(default_factory=dict)
+    running_var0: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.mu0:
             self.mu0 = {n: p.detach().clone() for n, p in self.backbone_parameters()}
+        if not self.running_var0:
+            self.running_var0 = {name: bn.running_var.detach().clone()
+                                 for name, bn in self.batchnorms}
 
     def is_head(self, name: str) -> bool:
         return name == self.head or name.startswith(self.head + ".")
@@ -43,10 +49,22 @@ class Network:
         return tuple(f"{m}.weight" if m else "weight"
                      for m, mod in self.model.named_modules() if isinstance(mod, kinds))
 
+    @functools.cached_property
+    def batchnorms(self) -> tuple[tuple[str, nn.modules.batchnorm._BatchNorm], ...]:
+        """(weight name, module) of every backbone BatchNorm with a trained scale (gamma)
+        and running statistics."""
+        trained = {n for n, p in self.backbone_parameters() if p.requires_grad}
+        return tuple((f"{m}.weight" if m else "weight", mod)
+                     for m, mod in self.model.named_modules()
+                     if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine
+                     and mod.track_running_stats
+                     and (f"{m}.weight" if m else "weight") in trained)
+
     def to(self, device) -> "Network":
-        """Move the model and mu0 to ``device`` (in place); returns self."""
+        """Move the model, mu0 and running_var0 to ``device`` (in place); returns self."""
         self.model.to(device)
         self.mu0 = {n: t.to(device) for n, t in self.mu0.items()}
+        self.running_var0 = {n: t.to(device) for n, t in self.running_var0.items()}
         return self
 
 

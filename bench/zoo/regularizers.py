@@ -81,7 +81,10 @@ class L2SP(Regularizer):
 
 
 def _shrink_rows_l1(t: torch.Tensor, radius: float) -> torch.Tensor:
-    """t_j <- t_j / max(1, ||t_j||_1 / radius) for every output unit (row) j."""
+    """t_j <- t_j / max(1, ||t_j||_1 / radius) for every output unit (row) j; a radius of 0
+    is the ball's centre, exactly (the formula would divide 0 by 0 on unmoved rows)."""
+    if radius <= 0:
+        return torch.zeros_like(t)
     rows = t.reshape(t.shape[0], -1)
     scale = (rows.abs().sum(dim=1) / radius).clamp_(min=1.0)
     return (rows / scale[:, None]).reshape(t.shape)
@@ -94,11 +97,26 @@ def _shrink_frobenius(t: torch.Tensor, radius: float) -> torch.Tensor:
     return t / max(1.0, float(t.norm()) / radius)
 
 
+BN_EPS = 1e-6  # the authors' epsilon in gamma / sqrt(running_var + eps)
+
+
+def _clip_batchnorm(gamma: torch.Tensor, var: torch.Tensor, gamma0: torch.Tensor,
+                    var0: torch.Tensor, radius: float) -> torch.Tensor:
+    """MARS-SP's BatchNorm constraint (the authors' ``BatchNormLipschitzConstraint``): the
+    layer's diagonal gain d = gamma / sqrt(running_var + eps) kept within ``radius`` of its
+    pretrained value, elementwise; returns the gamma that gives the clipped gain."""
+    scale, d0 = (var + BN_EPS).sqrt(), gamma0 / (var0 + BN_EPS).sqrt()
+    return ((gamma / scale - d0).clamp(-radius, radius) + d0) * scale
+
+
 @dataclass(frozen=True)
 class MarsSP(Regularizer):
     """MARS-SP (Gouk, Hospedales, Pontil 2021): after each step, every conv/linear weight of
     the backbone is projected so that each output unit's L1 distance from its pretrained
-    value is at most lambda_bb; the head's weight likewise around 0 with lambda_head."""
+    value is at most lambda_bb; the head's weight likewise around 0 with lambda_head; and,
+    as the authors do, each backbone BatchNorm's gain gamma / sqrt(running_var + 1e-6)
+    within lambda_bb of its pretrained gain, elementwise (for both norms). A depthwise
+    convolution's rows are its channels (the layer's true operator norm)."""
 
     lambda_bb: float = 10.0
     lambda_head: float = 10.0
@@ -119,6 +137,9 @@ class MarsSP(Regularizer):
             else:
                 w0 = net.mu0[name]
                 w.copy_(w0 + self.shrink(w - w0, self.lambda_bb))
+        for name, bn in net.batchnorms:
+            bn.weight.copy_(_clip_batchnorm(bn.weight, bn.running_var, net.mu0[name],
+                                            net.running_var0[name], self.lambda_bb))
 
 
 @dataclass(frozen=True)
