@@ -25,7 +25,7 @@ from bench.analysis.plots import PALETTE, _save_atomic, plain_number
 from bench.contract.errors import BenchError
 from bench.contract.schema import COMPUTE_S, LEARNED, METHOD, TASK, TEST_ACC
 from bench.records.rundir import load_run
-from bench.records.tables import write_text
+from bench.records.tables import check_writable, write_text
 
 FRACTIONS = (1 / 16, 1 / 4, 1.0)
 CURVE_FRACTIONS = np.geomspace(1 / 64, 1.0, 25)  # the rank-over-compute figure's x
@@ -63,16 +63,46 @@ def _task_scores(task_key, run, curves, reference, kinds, fractions) -> list[dic
     return rows
 
 
+def run_labels(run_dirs) -> list[str]:
+    """Each run's name in the comparison: its folder's name, or as many of its trailing
+    folders as tell it apart from the others (``x/run``, ``y/run``). The same directory
+    named twice (``run``, ``run/``, ``./run``) is refused: it would count its tasks twice."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            first = run_dirs[paths.index(path)]
+            same = f"{first} is named twice" if str(first) == str(run_dirs[i]) else                 f"{first} and {run_dirs[i]} are the same run directory"
+            raise BenchError(f"compare: {same}; name each run once")
+    labels = []
+    for path in paths:
+        k = 1
+        while any(other != path and other.parts[-k:] == path.parts[-k:] for other in paths):
+            k += 1
+        labels.append(str(Path(*path.parts[-k:])))
+    return labels
+
+
+def check_out_dir(out: str | Path) -> None:
+    """compare's --out: a directory, or one that can be made, that takes new files;
+    checked before anything is read (nothing is made for a refused comparison)."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        where = "" if existing == out else f" ({existing})"
+        raise BenchError(f"compare: --out {out}{where} is a file, not a directory")
+    check_writable(existing, "compare.md")
+
+
 def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     """The long table (``SCORE_COLUMNS``) of every task of ``run_dirs`` at ``fractions``;
-    a task name found in two runs is told apart by its run's folder name. Runs that count
+    a task name found in two runs is told apart by its run's name (``run_labels``). Runs that count
     compute in different units are refused (``compare_unit``)."""
     loaded = []
     units = {}
-    for run_dir in run_dirs:
+    for label, run_dir in zip(run_labels(run_dirs), run_dirs):
         trials, info = load_run(run_dir)
         units[str(run_dir)] = info.unit
-        loaded.append((Path(run_dir).name, anytime_curves(trials), info.reference,
+        loaded.append((label, anytime_curves(trials), info.reference,
                        method_kinds(trials)))
     unit = compare_unit(units)
     seen: dict[str, int] = {}
@@ -249,6 +279,7 @@ def compare_runs(run_dirs, out: str | Path) -> tuple[str, list[Path]]:
     """Write compare.md, ranks.png/svg and (enough tasks) cd.png/svg into ``out``."""
     if not run_dirs:
         raise BenchError("compare: name at least one run directory")
+    check_out_dir(out)
     scores = compare_scores(run_dirs, sorted(set(FRACTIONS) | set(CURVE_FRACTIONS)))
     table = scores[scores["fraction"].isin(FRACTIONS)]
     test = friedman_nemenyi(table)

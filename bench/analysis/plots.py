@@ -27,7 +27,7 @@ from bench.contract.errors import BenchError
 from bench.contract.schema import (COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK,
                                    TEST_ACC)
 from bench.records.rundir import GRID_PLUGIN, default_reference, load_run
-from bench.records.tables import atomic_write
+from bench.records.tables import atomic_write, check_writable
 
 DPI = 160
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -242,5 +242,6 @@ def plot_run(run_dir: str | Path, methods: list[str] | None = None,
              band: str = "ci") -> list[Path]:
     """The figure of a run directory, with its reference, unit and caps."""
     trials, info = load_run(run_dir)
+    check_writable(run_dir, f"{PLOT_STEM}.png")  # refused before the drawing, not after
     return plot_tradeoff(trials, Path(run_dir) / PLOT_STEM, reference=info.reference,
                          unit=info.unit, caps=info.caps, methods=methods, band=band)

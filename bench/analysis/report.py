@@ -15,7 +15,7 @@ from bench.analysis.stats import (CONFIDENCE, RESAMPLES, WILCOXON_MIN_PAIRS, mea
 from bench.contract.schema import (FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED,
                                    REPORT_FILE, SEED, STATUS, TASK, TEST_ACC)
 from bench.records.rundir import default_reference, load_run
-from bench.records.tables import write_text
+from bench.records.tables import check_writable, write_text
 
 STATUSES = (OK, FAILED, OVER_BUDGET, PRUNED)
 PER_SEED_MAX = 8  # more seeds than this: no per-seed table (it would not fit a page)
@@ -172,6 +172,8 @@ def report_run(run_dir: str | Path, write: bool = True) -> str:
     from bench.records.tables import read_reports
 
     trials, info = load_run(run_dir)
+    if write:  # refused before the work, not after it
+        check_writable(run_dir, REPORT_FILE)
     text = report_markdown(trials, info.reference, info.unit)
     convergence = convergence_markdown(read_reports(run_dir), trials)
     if convergence:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.contract import schema as S
+from bench.contract.errors import BenchError
 from bench.records.tables import read_trials
 
 GRID_PLUGIN = "grid"
@@ -29,11 +30,22 @@ class RunInfo:
 
 
 def read_metadata(run_dir: str | Path) -> dict:
-    """metadata.json, or {} where it is missing or unreadable (published records, tests)."""
+    """metadata.json, or {} where there is none (published records, tests); one that is
+    there but unreadable, or no JSON object, is refused in one line naming it."""
+    path = Path(run_dir) / S.METADATA_FILE
     try:
-        return json.loads((Path(run_dir) / S.METADATA_FILE).read_text())
-    except (OSError, ValueError):
+        metadata = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except OSError as err:
+        raise BenchError(f"{path}: cannot be read ({err.strerror or type(err).__name__})"
+                         ) from None
+    except ValueError as err:  # malformed JSON, or not UTF-8
+        raise BenchError(f"{path}: not valid JSON ({str(err).split(':')[0]})") from None
+    if not isinstance(metadata, dict):
+        raise BenchError(f"{path}: expected a JSON object (the run's metadata), got a "
+                         f"{type(metadata).__name__}")
+    return metadata
 
 
 def default_reference(trials: pd.DataFrame) -> str | None:

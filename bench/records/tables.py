@@ -44,18 +44,36 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
+# what every trials table this harness wrote has: readers may rely on these
+TRIAL_KEY_COLUMNS = (schema.TASK, schema.METHOD, schema.SEED, schema.TRIAL_ID, schema.KIND,
+                     schema.STATUS, schema.ENDED_S, schema.RESOURCE_S)
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A Parquet table, read through one open file: a rename by a running suite between
-    pyarrow's look at the size and its read (by path) would mix two versions."""
-    with open(path, "rb") as f:
-        return pd.read_parquet(f)
+    pyarrow's look at the size and its read (by path) would mix two versions. A file that
+    cannot be read (cut short, not Parquet, no permission) is refused in one line."""
+    import pyarrow as pa
+
+    try:
+        with open(path, "rb") as f:
+            return pd.read_parquet(f)
+    except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        reason = reason.rsplit("': ", 1)[-1].split(". ")[0].rstrip(".")  # pyarrow's first
+        raise BenchError(f"{path}: cannot be read as a Parquet table ({reason})") from None
 
 
 def read_trials(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / schema.TRIALS_FILE
     if not path.is_file():
         raise BenchError(f"no {schema.TRIALS_FILE} in {run_dir}: not a suite run directory")
-    return read_table(path)
+    table = read_table(path)
+    missing = [c for c in TRIAL_KEY_COLUMNS if c not in table.columns]
+    if missing:
+        raise BenchError(f"{path}: not a trials table of this harness (missing column(s) "
+                         f"{', '.join(missing)})")
+    return table
 
 
 def read_reports(run_dir: str | Path) -> pd.DataFrame:
@@ -63,11 +81,27 @@ def read_reports(run_dir: str | Path) -> pd.DataFrame:
     return read_table(path) if path.is_file() else frame([], schema.REPORT_COLUMNS)
 
 
+def check_writable(directory: str | Path, name: str) -> None:
+    """Refuse, in one line and before any work, to write ``name`` into a directory that
+    takes no new file (no permission, read-only file system, immutable): a file is made
+    and removed there, which is what the atomic write does first."""
+    path = Path(directory) / name
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    except OSError as err:
+        raise BenchError(f"cannot write {path}: {err.strerror or type(err).__name__} "
+                         f"(the directory {directory} takes no new file)") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def export_csv(run_dir: str | Path) -> list[Path]:
     """Write CSV copies of the run's tables beside them."""
     out = []
-    for name, table in ((schema.TRIALS_FILE, read_trials(run_dir)),
-                        (schema.REPORTS_FILE, read_reports(run_dir))):
+    tables = ((schema.TRIALS_FILE, read_trials(run_dir)),
+              (schema.REPORTS_FILE, read_reports(run_dir)))
+    check_writable(run_dir, Path(schema.TRIALS_FILE).with_suffix(".csv").name)
+    for name, table in tables:
         path = Path(run_dir) / Path(name).with_suffix(".csv")
         atomic_write(path, lambda tmp, t=table: t.to_csv(tmp, index=False))
         out.append(path)
