@@ -45,6 +45,45 @@ def test_symmetric_noise_rate_and_uniform_other_classes(big_labels, rate):
         assert within_binomial(count, len(noisy), 1 / C)
 
 
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])
+def test_uniform_noise_is_the_authors_exact_count_redrawn_over_all_classes(big_labels, rate):
+    """Li & Zhang's random_noise.py: floor(rate x n) labels chosen without replacement and
+    redrawn uniformly over all C classes, so rate x (C - 1) / C end up wrong."""
+    noisy, wrong = LabelNoise("uniform", rate).corrupt(big_labels, C, seed=0)
+    assert torch.equal(torch.nonzero(noisy != big_labels).flatten(), wrong)
+    redrawn = int(rate * len(big_labels))
+    assert within_binomial(len(wrong), redrawn, (C - 1) / C)
+    assert len(wrong) < redrawn  # some redraws land on the true class
+    for count in torch.bincount(noisy, minlength=C).tolist():
+        assert within_binomial(count, len(noisy), 1 / C)
+    # the count is exact: with the true labels all of one class, every redraw that lands
+    # elsewhere shows, and the redrawn ones are exactly those that are not class 0 or ...
+    zeros = torch.zeros(1000, dtype=torch.long)
+    noisy0, _ = LabelNoise("uniform", rate).corrupt(zeros, C, seed=3)
+    changed = torch.zeros(1000, dtype=torch.bool)
+    for seed_labels in (zeros, zeros + 1):  # ... of class 1, with the same draw
+        out, _ = LabelNoise("uniform", rate).corrupt(seed_labels, C, seed=3)
+        changed |= out != seed_labels
+    assert int(changed.sum()) == int(rate * 1000)
+
+
+def test_noise_touches_only_the_indices_it_may(big_labels):
+    among = torch.arange(0, len(big_labels), 2)  # even indices: a "training split"
+    for kind in ("uniform", "flip", "pairflip"):
+        noisy, wrong = LabelNoise(kind, 0.5).corrupt(big_labels, C, seed=2, among=among)
+        assert len(wrong) > 0 and bool((wrong % 2 == 0).all())
+        assert torch.equal(noisy[1::2], big_labels[1::2])
+    noisy, wrong = LabelNoise("uniform", 0.5).corrupt(big_labels, C, seed=2, among=among)
+    assert within_binomial(len(wrong), len(among) // 2, (C - 1) / C)
+
+
+def test_flip_is_the_old_symmetric_noise_draw_for_draw(big_labels):
+    a, fa = LabelNoise("flip", 0.4).corrupt(big_labels, C, seed=5)
+    b, fb = LabelNoise("symmetric", 0.4).corrupt(big_labels, C, seed=5)
+    assert torch.equal(a, b) and torch.equal(fa, fb)
+    assert LabelNoise().kind == "uniform"
+
+
 def test_pairflip_goes_to_the_next_class(big_labels):
     noisy, flipped = LabelNoise("pairflip", 0.3).corrupt(big_labels, C, seed=1)
     assert within_binomial(len(flipped), len(big_labels), 0.3)
@@ -68,7 +107,7 @@ def test_noise_is_fixed_by_the_seed_and_leaves_the_input_alone(big_labels):
 
 
 @pytest.mark.parametrize("table, field", [
-    ({"kind": "uniform", "rate": 0.2}, "label_noise.kind"),
+    ({"kind": "uniformly", "rate": 0.2}, "label_noise.kind"),
     ({"kind": "symmetric", "rate": 1.0}, "label_noise.rate"),
     ({"kind": "symmetric", "rate": -0.1}, "label_noise.rate"),
     ({"kind": "symmetric", "rate": "0.2"}, "label_noise.rate"),

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
-from bench.contract.names import task_name
+from bench.contract.names import DEFAULT_NOISE_KIND, task_name
 from bench.contract.protocol import Event, event_kind
 from bench.records.journal import AT, read_journal
 from bench.records.rundir import compute_unit, metadata_unit, read_metadata, task_caps
@@ -44,7 +44,8 @@ def _default_name(task: dict) -> str:
     """``bench.zoo.task.Task``'s default name from a suite's task table (a run's metadata.json
     names its tasks since this rule grew)."""
     noise = task.get("label_noise")
-    noise = (noise.get("kind"), noise.get("rate", 0)) if isinstance(noise, dict) else None
+    noise = ((noise.get("kind", DEFAULT_NOISE_KIND), noise.get("rate", 0))
+             if isinstance(noise, dict) else None)
     return task_name(task.get("dataset"), task.get("n"), task.get("backbone"),
                      task.get("trainable_blocks"), noise)
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-NOISE_TAGS = {"symmetric": "sym", "pairflip": "pair"}  # label-noise kind -> name tag
+# label-noise kind -> name tag ("symmetric": the old name of "flip", keeping its tag)
+NOISE_TAGS = {"uniform": "uni", "flip": "flip", "symmetric": "sym", "pairflip": "pair"}
+DEFAULT_NOISE_KIND = "uniform"  # Li & Zhang's (bench.zoo.noise)
 
 
 def noise_tag(kind: str, rate: float) -> str:
