@@ -30,6 +30,13 @@ def _key_value(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
 
 
+def _directory(text: str) -> str:
+    """A run directory argument: an empty one would silently mean the default."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no directory")
+    return text
+
+
 def _cmd_list(args) -> int:
     if args.what == "datasets":
         from bench.zoo.data import DATASETS
@@ -301,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "
                                  "(one that names records) is replayed, as by bench replay "
                                  "(no --resume, --address)")
-    p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
-    p.add_argument("--resume", metavar="DIR",
+    p.add_argument("--out", type=_directory,
+                   help="run directory (default: runs/<suite name>); new or empty: "
+                        "neither a run nor other files")
+    p.add_argument("--resume", metavar="DIR", type=_directory,
                    help="go on with the run in DIR that was stopped or killed (same suite): "
                         "finished trials are kept and counted, trials cut short run again")
     p.add_argument("--address", default=None,
@@ -316,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "records (nothing written); 1 when a method's own hook raised.")
     p.add_argument("suite", help="replay suite (TOML: a suite with records = ...), e.g. "
                                  "suites/replay-cifar10-resnet50.toml")
-    p.add_argument("--out", help="run directory (default: runs/<suite name>); must not hold a run")
+    p.add_argument("--out", type=_directory,
+                   help="run directory (default: runs/<suite name>); new or empty: "
+                        "neither a run nor other files")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_replay)
 

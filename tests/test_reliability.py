@@ -20,12 +20,15 @@ from bench.cli import main
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.method import Context, Result
+from bench.contract.protocol import EpochReport, FinalResult
 from bench.driver.suite import Budget
-from bench.records.journal import Journal, read_journal
-from bench.records.tables import comparable, read_table, write_table
+from bench.driver.campaign import Campaign, CampaignQueue, without_cut_short
+from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.records.journal import AT, Journal, read_journal, rewrite_journal
+from bench.records.tables import comparable, frame, read_table, write_table
 from bench.worker.faults import parse_faults
 from bench.zoo.task import Task
-from baselines import PrunedTPESearch
+from baselines import GridSearch, PrunedTPESearch, RandomSearch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.toml"
@@ -326,3 +329,190 @@ def test_a_reader_never_sees_a_partial_table(tmp_path):
     reader.join()
     assert not errors and seen <= {1, 200_000}
     assert not [p for p in tmp_path.iterdir() if p.name != S.TRIALS_FILE]  # no temp left
+
+
+# -- killed and resumed again and again (issue 26): one attempt of each trial is kept
+#
+# On the replay backend a "kill" is a prefix of a session's journal that leaves a trial
+# with reports and no completion; the next session resumes from it as the driver does
+# (bench.driver.run.run_suite: without_cut_short, restore, the journal rewritten, restored).
+
+TOY_LRS, TOY_ALPHAS = (0.1, 0.01, 0.001), (0.01, 0.0)
+
+
+def _toy_records() -> pd.DataFrame:
+    rows = []
+    for i, (lr, alpha) in enumerate((lr, a) for lr in TOY_LRS for a in TOY_ALPHAS):
+        common = {S.TASK: "toy", S.METHOD: "grid", S.SEED: 0, S.STATUS: S.OK,
+                  S.CONFIG: json.dumps({"alpha": alpha, "lr": lr}),
+                  S.INFO: json.dumps({"epoch_s": 1.0})}
+        nll = 0.5 + 0.13 * ((5 * i) % 6)
+        rows.append({**common, S.KIND: S.SEARCH, S.WALL_S: 4.0 + (3 * i) % 5, S.VAL_NLL: nll})
+        rows.append({**common, S.KIND: S.RETRAIN, S.WALL_S: 5.0, S.TEST_ACC: 1 - nll / 2})
+    return frame(rows, S.TRIAL_COLUMNS)
+
+
+def _toy_session(journal_path: Path, events: list[dict] | None = None) -> list:
+    """One driver session on the replay backend, to the end of the suite (two campaigns,
+    two workers): from scratch, or resumed from ``events``. Returns its campaigns."""
+    recorded = Recorded(_toy_records())
+    task = RecordedTask("toy", recorded.space("toy"))
+    clock, built = SimulatedClock(), []
+
+    def plan(label, method):
+        def build():
+            built.append(Campaign("toy", task, label, method, 0, Budget(workers=2, cap_s=1e9),
+                                  0.0, clock=clock, discrete=True))
+            return built[-1]
+        return build
+
+    queue = CampaignQueue([plan("grid", GridSearch(retrain_all=True)),
+                           plan("random", RandomSearch(trials=4))])
+    if events is not None:
+        clock.now = events[-1][AT]
+        events = without_cut_short(events)
+        queue.restore(events)
+        rewrite_journal(journal_path, events)
+    queue.log = journal = Journal(journal_path, clock)
+    queue.restored()
+    simulate(queue, recorded, 2, clock)
+    journal.close()
+    assert queue.finished
+    return built
+
+
+def _cut_short(events: list[dict]) -> set[tuple[int, str]]:
+    """Trials a kill after ``events`` leaves reported and not completed."""
+    done = {(e["campaign"], e["trial"]) for e in events if e["event"] == "complete"}
+    return {(e["campaign"], e["trial"]) for e in events if e["event"] == "report"} - done
+
+
+def _kills_after(events: list[dict], earlier: set) -> list[int]:
+    """Journal lengths a kill could leave: a trial cut short, and every trial an earlier
+    kill cut short completed since (its reports now those of the attempt that completed)."""
+    done_at = {(e["campaign"], e["trial"]): i for i, e in enumerate(events)
+               if e["event"] == "complete"}
+    after = max([done_at[t] for t in earlier], default=0)
+    return [n for n in range(after + 1, len(events) + 1) if _cut_short(events[:n])]
+
+
+def _tables(campaigns) -> tuple[pd.DataFrame, pd.DataFrame]:
+    key = [S.METHOD, S.TRIAL_ID, S.STEP]
+    reports = frame([r for c in campaigns for r in c.reports], S.REPORT_COLUMNS)
+    return (comparable(frame([r for c in campaigns for r in c.rows], S.TRIAL_COLUMNS)),
+            reports.sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("kills", [1, 2, 3])
+@pytest.mark.parametrize("draw", range(6))
+def test_killed_and_resumed_again_and_again_keeps_one_attempt_of_each_trial(tmp_path, kills,
+                                                                            draw):
+    whole = _tables(_toy_session(tmp_path / "whole.jsonl"))
+    path = tmp_path / S.JOURNAL_FILE
+    _toy_session(path)
+    rng = random.Random(100 * kills + draw)
+    cuts, earlier = [], set()
+    for _ in range(kills):
+        events, _ = read_journal(path)
+        candidates = _kills_after(events, earlier)
+        cuts.append(rng.choice(candidates[:max(1, len(candidates) // 2)]))  # room for more
+        earlier = _cut_short(events[:cuts[-1]])
+        campaigns = _toy_session(path, events[:cuts[-1]])
+    trials, reports = _tables(campaigns)
+    pd.testing.assert_frame_equal(trials, whole[0], obj=f"trials, kills at {cuts}")
+    pd.testing.assert_frame_equal(reports, whole[1], obj=f"reports, kills at {cuts}")
+    events, _ = read_journal(path)  # and the journal holds each report once
+    logged = [(e["campaign"], e["trial"], e["report"][S.STEP]) for e in events
+              if e["event"] == "report"]
+    assert len(logged) == len(set(logged)) == len(whole[1]), cuts
+
+
+# -- a resume that is refused writes nothing (issue 26): its checks all come first
+
+LEDGER_SUITE = """name = "ledger"
+seeds = [0]
+[budget]
+workers = 1
+cpus_per_worker = 1
+cap_s = 300
+""" + TASK + """
+[methods.grid]
+max_trials = 3
+
+[methods.random]
+trials = 2
+"""
+
+
+def _killed_run(out: Path, completions: int) -> None:
+    """A run directory as a driver killed after ``completions`` trials leaves it, written by
+    the harness's own campaigns, journal and tables; the trials' results are made up (no
+    training, no Ray): what a resume checks is the journal."""
+    from bench.driver.run_output import RunView, run_metadata
+    from bench.driver.suite import parse_suite
+    from bench.records.tables import write_json, write_text
+
+    suite = parse_suite(LEDGER_SUITE)
+    out.mkdir()
+    write_json(out / S.METADATA_FILE, run_metadata(suite))
+    write_text(out / S.SUITE_FILE, suite.source)
+    view = RunView(suite, out, progress=False)
+    journal = Journal(out / S.JOURNAL_FILE, time.perf_counter)
+    queue = CampaignQueue(view.builders(suite), on_done=view.done, log=journal)
+    for number in range(completions):
+        request = queue.suggest(f"w{number}")
+        queue.started(f"w{number}")
+        queue.report(f"w{number}", EpochReport(5, {S.TRAIN_LOSS: 1.0}))
+        nll = 1 + sum(request.hp.values())
+        queue.complete(f"w{number}", FinalResult(S.OK, {S.VAL_NLL: nll, S.TEST_ACC: 1 / nll}))
+    queue.suggest("cut")  # a trial running when the driver died
+    journal.close()
+    view.write_trials(force=True)
+    view.write_reports(force=True)
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+# (a line appended to the journal of a killed run, the one line a resume is refused with;
+# "journal.jsonl, line N": a line no harness writes, which bench status refuses too)
+BAD_JOURNAL = [
+    ('{"x": 1}', "journal.jsonl, line {n}: no 'event' (every line is an event"),
+    ('{"event": "start", "campaign": 99, "at": 99}',
+     "journal.jsonl line {n}: it starts campaign 99 where 2 comes next"),
+    ('{"event": "start", "campaign": 1}', "journal.jsonl, line {n}: start event without its "
+                                          'suite time ("at": a number)'),
+    ('{"event": "suggest", "campaign": 7, "trial": "t0000", "hp": {}, "at": 5}',
+     "journal.jsonl line {n}: a suggest event of campaign 7, which was never started"),
+    ('{"event": "tell", "campaign": 0, "trial": "t0000", "at": 5}',
+     "journal.jsonl line {n}: a tell event of campaign 0, which was done"),
+    ('{"event": "complete", "campaign": 1, "trial": "t0001", "row": {}, "at": 5}',
+     "journal.jsonl, line {n}: complete event of t0001: its row has no 'trial_id'"),
+    ("[1, 2]", "journal.jsonl, line {n}: expected a JSON object, got list"),
+    ("{not json", "journal.jsonl, line {n}: not a line of JSON"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_JOURNAL)
+def test_a_resume_refused_for_its_journal_writes_nothing(tmp_path, monkeypatch, capsys, line,
+                                                         message):
+    import tempfile
+
+    out = tmp_path / "run"
+    _killed_run(out, completions=8)  # the grid's 3 trials and retrains done, random begun
+    with open(out / S.JOURNAL_FILE, "a") as f:
+        f.write(line + "\n")
+    n = len((out / S.JOURNAL_FILE).read_text().splitlines())
+    (tmp_path / "suite.toml").write_text(LEDGER_SUITE)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # bench-ray-* go here
+    (tmp_path / "tmp").mkdir()
+    before = _files(out)
+    for argv in (["run", str(tmp_path / "suite.toml"), "--resume", str(out), "--quiet"],
+                 ["status", str(out)]):
+        if argv[0] == "status" and ", line" not in message:
+            continue  # the order of events is the resume's to check; status shows them
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message.format(n=n) in err and err.count("\n") == 1, err
+        assert _files(out) == before and not list((tmp_path / "tmp").glob("bench-ray-*"))

@@ -194,6 +194,41 @@ def test_a_study_task_keeps_uint8_images_and_its_network_runs_the_pipeline(cache
     assert default.load(seed=0).train[0].dtype == torch.float32
 
 
+def _study_methods():
+    from baselines import GridSearch
+    from methods._de_elbo import DEELBo
+    from methods._laplace import LaplaceMarglik
+    from methods._ntk import NTKMarglik
+
+    return [GridSearch(), DEELBo(lrs=(0.01,)),
+            LaplaceMarglik(lrs=(0.01,), schedule="online", burnin_epochs=0, every_epochs=1,
+                           hyper_steps=2, fit_batch_size=4),
+            NTKMarglik(lrs=(0.01,), hyper_steps=2, subset_size=4)]
+
+
+@pytest.mark.parametrize("method", _study_methods(), ids=lambda m: m.name)
+def test_the_suites_methods_run_on_a_study_preprocessed_task(cache, method):
+    """Search trials, retrains, DE-ELBo's sampled passes, Laplace fits (online, every
+    epoch) and NTK Jacobians all take the uint8 images through the network's pipeline."""
+    import time
+
+    from bench.contract import schema as S
+    from bench.contract.space import Param
+    from bench.driver.campaign import Campaign, run_inline
+    from bench.driver.suite import Budget
+
+    fake_pets(cache, {"trainval": 4, "test": 2})
+    one = [Param(name, 0.01, 0.01, (0.01,)) for name in ("lr", "alpha", "beta")]
+    task = Task("oxford-pets", 12, "efficientnet-lite0", image_size=32, steps=4, batch_size=4,
+                preprocess="study", space=tuple(one))
+    campaign = Campaign("study", task, method.name, method, seed=0,
+                        budget=Budget(workers=1, cap_s=1e6), clock0=time.perf_counter())
+    run_inline(campaign)
+    assert [row[S.STATUS] for row in campaign.rows] == [S.OK] * len(campaign.rows)
+    scored = [row for row in campaign.rows if row.get(S.TEST_ACC) is not None]
+    assert len(scored) == 1 and 0 <= scored[0][S.TEST_ACC] <= 1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"preprocess": "imagenet"}, "preprocess must be one of"),
     ({"preprocess": "study", "trainable_blocks": 2}, "cannot take trainable_blocks"),

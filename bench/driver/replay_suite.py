@@ -36,7 +36,8 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver.campaign import CampaignQueue
 from bench.driver.replay import SEPARATOR, SimulatedClock, load_recorded, simulate
-from bench.driver.run_output import RunView, check_output_dir, now_stamp, run_metadata
+from bench.driver.run_output import (RunView, check_output_dir, lock_run_dir, now_stamp,
+                                     release_run_dir, run_metadata)
 from bench.driver.suite import NOT_REPLAY, Suite, parse_suite
 from bench.driver.suite_records import is_published
 from bench.records.published import COMPUTE_UNIT, published_bo, record_set
@@ -65,27 +66,33 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
     queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True), view.started,
                           view.done)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / S.SUITE_FILE, suite.source)
-    published = is_published(records)
-    metadata = {**(COMPUTE_UNIT if published else {}), **run_metadata(suite, command),
-                "backend": "replay", "records": records.name,
-                **({"records_method": records.method} if records.method else {})}
-    write_json(out / S.METADATA_FILE, metadata)
-    simulate(queue, recorded, suite.budget.workers, clock)
-    rows = [r for c in view.campaigns for r in c.rows]
-    if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
-        rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
-    trials = frame(rows, S.TRIAL_COLUMNS)
-    if records.bo:
-        bo = pd.concat([published_bo(r) for r in records.name.split(SEPARATOR)
-                        if record_set(r).bo], ignore_index=True)
-        names = {t.name for t in suite.tasks}
-        bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
-        trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name, S.PLUGIN: "published:bo"})],
-                           ignore_index=True)  # recorded traces, not a plugin run here
-    write_table(out / S.TRIALS_FILE, trials)
-    view.write_reports(force=True)
-    write_json(out / S.METADATA_FILE, metadata | {
-        "ended": now_stamp(), "simulated_s": clock.now,
-        "replay_wall_s": time.perf_counter() - started})
+    lock = lock_run_dir(out)  # as a live run's: two drivers never mix their files
+    try:
+        check_output_dir(out, resumable=False)  # again, under the lock
+        published = is_published(records)
+        metadata = {**(COMPUTE_UNIT if published else {}), **run_metadata(suite, command),
+                    "backend": "replay", "records": records.name,
+                    **({"records_method": records.method} if records.method else {})}
+        write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
+        write_text(out / S.SUITE_FILE, suite.source)
+        simulate(queue, recorded, suite.budget.workers, clock)
+        rows = [r for c in view.campaigns for r in c.rows]
+        if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
+            rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
+        trials = frame(rows, S.TRIAL_COLUMNS)
+        if records.bo:
+            bo = pd.concat([published_bo(r) for r in records.name.split(SEPARATOR)
+                            if record_set(r).bo], ignore_index=True)
+            names = {t.name for t in suite.tasks}
+            bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
+            trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name,
+                                                     S.PLUGIN: "published:bo"})],
+                               ignore_index=True)  # recorded traces, not a plugin run here
+        write_table(out / S.TRIALS_FILE, trials)
+        view.write_reports(force=True)
+        write_json(out / S.METADATA_FILE, metadata | {
+            "ended": now_stamp(), "simulated_s": clock.now,
+            "replay_wall_s": time.perf_counter() - started})
+    finally:
+        release_run_dir(lock)
     return out

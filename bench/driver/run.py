@@ -17,10 +17,11 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver import ray_processes
 from bench.driver.preflight import check_tasks
-from bench.driver.run_output import (RunView, campaign_plans, check_output_dir, now_stamp,
-                                     run_metadata)
+from bench.driver.campaign import CampaignQueue, without_cut_short
+from bench.driver.run_output import (RunView, campaign_plans, check_output_dir, lock_run_dir,
+                                     now_stamp, release_run_dir, run_metadata)
 from bench.driver.suite import Suite
-from bench.records.journal import AT, Journal, read_journal
+from bench.records.journal import AT, Journal, read_journal, rewrite_journal
 from bench.records.tables import write_json, write_text
 from bench.worker.faults import ENV, faults_from_env
 
@@ -134,26 +135,16 @@ def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
     try:
         metadata = json.loads((out / S.METADATA_FILE).read_text())
     except (OSError, ValueError):
+        metadata = None
+    if not isinstance(metadata, dict):
         raise BenchError(f"cannot resume {out}: its {S.METADATA_FILE} is missing or "
-                         "unreadable") from None
+                         "unreadable")
     if "ended" in metadata:
         raise BenchError(f"cannot resume {out}: that run finished")
     if not os.access(out, os.W_OK):
         raise BenchError(f"cannot resume {out}: not writable")
     events, good = read_journal(out / S.JOURNAL_FILE)
     return events, good, metadata
-
-
-def _lock(out: Path):
-    """Only one driver writes into a run directory; the kernel frees the lock if it dies."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(out / S.LOCK_FILE)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BenchError(f"{out} is in use by another bench run") from None
-    return lock
 
 
 def run_suite(suite: Suite, out: Path, address: str | None = None,
@@ -163,47 +154,60 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
     finished trials are kept (and their compute counted), trials it left running run again."""
     import ray
 
-    from bench.driver.ray_runner import CampaignQueue, run_campaigns
+    from bench.driver.ray_runner import run_campaigns
     from bench.worker.trial import TrialSpec
 
     if suite.replay:  # its trials are recorded runs: bench.driver.replay_suite.run_replay
         raise BenchError(f"suite {suite.name!r} replays records: bench replay SUITE")
     out = Path(out)
     faults = faults_from_env()
-    if resume:
-        events, good, metadata = check_resumable(out, suite)
-    else:
-        check_output_dir(out)
-        events, good, metadata = [], None, {}
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if not resume:
+        check_output_dir(out)
     if address:
         check_address(address)
     check_tasks(suite)
-    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
-    # suite time goes on from the journal's last event: the gap while dead is not counted
-    clock0 = time.perf_counter() - (events[-1][AT] if events else 0.0)
-    lock = journal = None
+    lock = journal = temp_dir = None
     sigterm = signal.getsignal(signal.SIGTERM)  # Ray's and ours replace it: restored after
     try:
+        if resume:  # every check that can refuse the resume, before anything is written
+            if out.is_dir() and os.access(out, os.W_OK):  # else check_resumable says why not
+                lock = lock_run_dir(out)  # the journal is read by the one driver going on
+            events, good, metadata = check_resumable(out, suite)
+            last_at = events[-1][AT] if events else 0.0
+            events = without_cut_short(events)
+        else:
+            events, good, metadata, last_at = [], None, {}, 0.0
+        # suite time goes on from the journal's last event: the gap while dead is not counted
+        clock0 = time.perf_counter() - last_at
+        view = RunView(suite, out, progress)
+        queue = CampaignQueue(view.builders(suite, clock0))  # callbacks once it may write
+        if resume:
+            queue.restore(events)
+        temp_dir = tempfile.mkdtemp(prefix="bench-ray-")  # short: Ray's socket paths are bounded
         ray_start_s = _start_ray(address, temp_dir)
         check_resources(suite, ray.cluster_resources())
-        out.mkdir(parents=True, exist_ok=True)
-        lock = _lock(out)
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = lock_run_dir(out)
+            check_output_dir(out)  # again, under the lock: another driver may have run here
         reaped = ray_processes.reap(out)  # the Ray a killed driver here left behind
         if not address:
             ray_processes.record(out, temp_dir)
         if resume:
             metadata.setdefault("resumed", []).append(
-                {"at": now_stamp(), "suite_s": events[-1][AT] if events else 0.0,
-                 "ray_start_s": ray_start_s})
+                {"at": now_stamp(), "suite_s": last_at, "ray_start_s": ray_start_s})
+            # the reports of attempts cut short go: their trials run again from the start
+            rewrite_journal(out / S.JOURNAL_FILE, events)
+            good = None
         else:
-            write_text(out / S.SUITE_FILE, suite.source)
             metadata = run_metadata(suite, command) | {"ray_address": address or "local",
                                                        "ray_start_s": ray_start_s}
             if faults:  # this run's failures were made on purpose
                 metadata["injected_faults"] = os.environ[ENV]
-        write_json(out / S.METADATA_FILE, metadata)
-        view = RunView(suite, out, progress)
+        write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
+        if not resume:
+            write_text(out / S.SUITE_FILE, suite.source)
         if reaped["stopped"] or reaped["removed"]:
             view.progress.say(f"cleaned up after the killed driver: {len(reaped['stopped'])} "
                               f"Ray processes stopped, {reaped['removed'] or 'no directory'} "
@@ -218,9 +222,11 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             view.done(campaign)
 
         journal = Journal(out / S.JOURNAL_FILE, lambda: time.perf_counter() - clock0, good)
-        queue = CampaignQueue(view.builders(suite, clock0), view.started, done, log=journal)
+        queue.on_start, queue.on_done, queue.log = view.started, done, journal
         if resume:
-            queue.resume(events)
+            queue.restored()
+            view.write_trials(force=True)
+            view.write_reports(force=True)
             kept = sum(e["event"] == "complete" for e in events)
             again = sum(len(c.rerun) for _, c in queue.active)
             view.progress.say(f"resuming {out}: {kept} finished trials kept, {again} cut "
@@ -239,9 +245,9 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             ray.shutdown()
         if threading.current_thread() is threading.main_thread() and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
         if lock is not None:  # under the lock: the next driver must not see our record
             ray_processes.forget(out)
-            lock.release()
-            Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
+            release_run_dir(lock)
     return out

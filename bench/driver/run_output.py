@@ -6,6 +6,7 @@ these, so a run directory reads the same whichever backend filled it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -21,14 +22,50 @@ from bench.driver.suite import Suite
 from bench.records.tables import frame, write_table
 
 
+HARNESS_KEY, HARNESS = "harness", "finetune-hpo-bench"  # metadata.json's mark of a run here
+DRIVER_FILES = (S.LOCK_FILE, S.RAY_FILE)  # a driver writes these before its metadata
+# written first, atomically: a driver killed meanwhile leaves ".<name>.*" temporary files
+STARTING_FILES = (S.METADATA_FILE, S.SUITE_FILE)
+
+
+def holds_harness_run(out: Path) -> bool:
+    """Whether ``out`` is this harness's run directory: its metadata.json carries the mark
+    (or, written before the mark, names the harness's commit among its versions)."""
+    try:
+        metadata = json.loads((out / S.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(metadata, dict):
+        return False
+    versions = metadata.get("versions")
+    return metadata.get(HARNESS_KEY) == HARNESS or (
+        isinstance(versions, dict) and "harness_commit" in versions)
+
+
+def foreign_files(out: Path) -> list[str]:
+    """What a directory holds that no driver of this harness wrote as it started (empty for
+    a missing or empty directory, or one a driver started in and left at once)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name not in DRIVER_FILES and
+                  not any(p.name.startswith(f".{name}.") for name in STARTING_FILES))
+
+
 def check_output_dir(out: Path, resumable: bool = True) -> None:
-    """Refuse an output that is a file, is not writable, or already holds a run."""
+    """Refuse an output that is a file, is not writable, already holds a run, or is a
+    directory of other files: a run never replaces a file it did not write."""
     if out.exists() and not out.is_dir():
         raise BenchError(f"output {out} exists and is not a directory")
     if (out / S.TRIALS_FILE).exists() or (out / S.JOURNAL_FILE).exists():
         raise BenchError(f"output {out} already holds a run; choose another directory"
                          + (", or go on with it: bench run SUITE --resume DIR"
                             if resumable else ""))
+    foreign = foreign_files(out)
+    if foreign and not holds_harness_run(out):
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4
+                                          else "")
+        raise BenchError(f"output {out} is a directory of other files ({shown}) that holds "
+                         "no bench run; choose a new or empty directory")
     parent = out if out.exists() else next(p for p in out.parents if p.exists())
     try:  # try it: permission bits say nothing to root or of a read-only file system
         with tempfile.TemporaryFile(dir=parent):
@@ -36,6 +73,24 @@ def check_output_dir(out: Path, resumable: bool = True) -> None:
     except OSError:  # the error's own words (e.g. "No such file" in /proc) mislead
         raise BenchError(f"output {out} is not writable: cannot create a file in "
                          f"{parent}") from None
+
+
+def lock_run_dir(out: Path):
+    """Only one driver (live run, resume or replay) writes into a run directory; the
+    kernel frees the lock if it dies. Release with ``release_run_dir``."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / S.LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BenchError(f"{out} is in use by another bench run") from None
+    return lock
+
+
+def release_run_dir(lock) -> None:
+    lock.release()
+    Path(lock.lock_file).unlink(missing_ok=True)  # a dead driver's stays: harmless
 
 
 def _commit() -> str | None:
@@ -81,7 +136,8 @@ def now_stamp() -> str:
 def run_metadata(suite: Suite, command: str = "") -> dict:
     """What metadata.json says of every run when it starts; "ended" is added when it ends
     (without it, the run stopped early)."""
-    return {"suite": suite.name, "command": command or " ".join(sys.argv),
+    return {HARNESS_KEY: HARNESS, "suite": suite.name,
+            "command": command or " ".join(sys.argv),
             "versions": _versions(), "machine": _machine(),
             "budget": dataclasses.asdict(suite.budget), "seeds": list(suite.seeds),
             "started": now_stamp(), S.REFERENCE: suite.reference,

@@ -2,10 +2,18 @@
 tasks are theirs, and every method can be replayed on them (a search method; one that
 prunes only on records with per-epoch validation; CLML selection only with CLML; BO traces
 only where published). ``bench.driver.suite.parse_suite`` calls it for a suite with ``records``,
-after the checks every suite gets; each refusal is one line naming what is wrong."""
+after the checks every suite gets; each refusal is one line naming what is wrong.
+
+A run directory's records must be whole: a run that has finished, and, for every task and
+seed replayed, a search run of every configuration its recorded values span, each retrained
+on all N (a grid with ``retrain_all = true`` and no ``max_trials``); a replayed trial
+otherwise fails for want of a recorded run."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any, Sequence
 
 from bench.contract import schema as S
@@ -14,7 +22,7 @@ from bench.contract.method import Method
 from bench.contract.options import require_bool
 from bench.driver.replay import SEPARATOR, Recorded, RecordedTask, load_recorded, load_records
 from bench.driver.suite import MethodSpec, RecordedTaskTable, RecordSource
-from bench.records.published import PREFIX, RECORD_SETS, record_set
+from bench.records.published import PREFIX, RECORD_SETS, config_key, record_set
 
 
 def is_published(records: RecordSource) -> bool:
@@ -31,6 +39,8 @@ def record_source(origin: str, raw: dict) -> RecordSource:
     if not isinstance(records, str):
         raise BenchError(f"{origin}: records must name published:<{'|'.join(RECORD_SETS)}> "
                          "(or a list of them) or a run directory")
+    if not records.startswith(PREFIX):
+        _check_finished(origin, records)
     method = raw.get("records_method")
     if method is not None:
         if not isinstance(method, str) or records.startswith(PREFIX):
@@ -76,7 +86,70 @@ def recorded_tasks(origin: str, records: RecordSource, tables: Sequence[Recorded
         _check_fidelity(f"{origin} [methods.{spec.label}]", spec, records, recorded, tasks,
                         seeds)
     _check_selection(origin, methods, recorded)
+    if not is_published(records):
+        _check_whole(origin, records, [t.name for t in tasks], seeds)
     return tuple(tasks)
+
+
+def _check_finished(origin: str, records: str) -> None:
+    """A run directory is replayed once its run has ended (metadata.json says "ended"): a
+    run still going, or stopped, holds only some of its runs. Records without metadata
+    (written by hand or by other tools) are taken as they are."""
+    path = Path(records)
+    try:
+        metadata = json.loads((path / S.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        metadata = None
+    started = isinstance(metadata, dict) or (path / S.JOURNAL_FILE).is_file()
+    if started and not (isinstance(metadata, dict) and "ended" in metadata):
+        raise BenchError(f"{origin}: records {records} are a run that has not finished "
+                         f"(its {S.METADATA_FILE} has no end: still running, or stopped; "
+                         "finish it with bench run SUITE --resume DIR)")
+
+
+def _check_whole(origin: str, records: RecordSource, tasks: Sequence[str],
+                 seeds: Sequence[int]) -> None:
+    """Every configuration a replayed method may pick has a recorded search run (or its
+    recorded failure) and, if it succeeded, a recorded retrain, at every seed."""
+    trials = load_records(records.name)
+    if records.method is not None:
+        trials = trials[trials[S.METHOD] == records.method]
+    whole = "replay records of a grid with retrain_all = true and no max_trials"
+    for task in tasks:
+        mine = trials[trials[S.TASK] == task]
+        search = mine[mine[S.KIND] == S.SEARCH]
+        ok = search[search[S.STATUS] == S.OK]
+        # the values a method picks from: each hyperparameter's, over the OK search runs
+        values: dict[str, set[float]] = {}
+        for config in ok[S.CONFIG]:
+            for name, value in json.loads(config).items():
+                values.setdefault(name, set()).add(float(value))
+        spanned = math.prod(len(v) for v in values.values()) if values else 0
+
+        def keys(rows) -> set[str]:
+            out = set()
+            for config in rows[S.CONFIG]:
+                hp = {k: float(v) for k, v in json.loads(config).items()}
+                if hp.keys() == values.keys() and all(v in values[k] for k, v in hp.items()):
+                    out.add(config_key(hp))
+            return out
+
+        for seed in seeds:
+            at = search[search[S.SEED] == seed]
+            ran = keys(at[at[S.STATUS].isin([S.OK, S.FAILED])])
+            if len(ran) < spanned:
+                raise BenchError(f"{origin}: records {records.name} hold search runs of "
+                                 f"{len(ran)} of the {spanned} configurations their values "
+                                 f"span for task {task} at seed {seed} (a grid cut short); "
+                                 + whole)
+            succeeded = keys(at[at[S.STATUS] == S.OK])
+            retrains = mine[(mine[S.KIND] == S.RETRAIN) & (mine[S.SEED] == seed)]
+            missing = succeeded - keys(retrains)
+            if missing:
+                raise BenchError(f"{origin}: records {records.name} retrain only "
+                                 f"{len(succeeded) - len(missing)} of the {len(succeeded)} "
+                                 f"configurations searched for task {task} at seed {seed} "
+                                 "(the rest would fail: no recorded retrain); " + whole)
 
 
 def _check_fidelity(where: str, spec: MethodSpec, records: RecordSource, recorded: Recorded,

@@ -52,7 +52,8 @@ class BackboneInfo:
 
     def check_image_size(self, size: int) -> None:
         if size < self.min_size:
-            raise BenchError(f"backbone {self.name} needs image_size >= {self.min_size}, got {size}")
+            raise BenchError(f"backbone {self.name} needs image_size >= {self.min_size}, "
+                             f"got {size}")
         if self.max_size is not None and size > self.max_size:
             raise BenchError(f"backbone {self.name} needs image_size <= {self.max_size}, "
                              f"got {size}")
