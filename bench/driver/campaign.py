@@ -522,6 +522,14 @@ class CampaignQueue:
         """Rebuild the state a journal describes: campaigns started and finished, every
         trial suggested, reported and completed, in the order they happened. Methods are
         asked again and must suggest what the journal holds (they are seeded)."""
+        self.restore(lines)
+        self.restored()
+
+    def restore(self, lines: list[dict]) -> None:
+        """The first half of ``resume``: every check that can refuse the journal (a
+        ``BenchError`` naming its line), with no event logged and nothing run. Callbacks
+        set on the queue are called as the campaigns are rebuilt (a driver that must not
+        write yet sets them after)."""
         completed = {(e["campaign"], e["trial"]) for e in lines
                      if event_kind(e) == Event.COMPLETE}
         campaigns: dict[int, Campaign] = {}
@@ -530,22 +538,43 @@ class CampaignQueue:
             self._restore(lines, completed, campaigns)
         finally:
             self.muted = False
+
+    def restored(self) -> None:
+        """The second half of ``resume``: trials cut short are queued to run again, and
+        repeats whose earlier run finished are answered (logged and recorded)."""
         for _, campaign in self.active:
             campaign.restored()
 
     def _restore(self, lines, completed, campaigns) -> None:
-        for line in lines:
+        for number, line in enumerate(lines, 1):  # read_journal keeps every line: N = line N
             idx, kind = line["campaign"], event_kind(line)
+            where = f"cannot resume: {S.JOURNAL_FILE} line {number}"
             if kind == Event.START:
                 if idx != self.next_plan:
-                    raise BenchError(f"cannot resume: the journal starts campaign {idx} "
-                                     f"where {self.next_plan} comes next")
+                    raise BenchError(f"{where}: it starts campaign {idx} where "
+                                     f"{self.next_plan} comes next")
                 campaigns[idx] = self._start(idx)
+            elif idx not in campaigns or idx in self.exhausted:
+                state = "was never started" if idx not in campaigns else "was done"
+                raise BenchError(f"{where}: a {kind.value} event of campaign {idx}, which "
+                                 f"{state}")
             elif kind == Event.DONE:
                 self.exhausted.add(idx)
                 self._maybe_done(idx, campaigns[idx])
             else:
                 campaigns[idx].restore(line, {t for c, t in completed if c == idx})
+
+
+def without_cut_short(lines: list[dict]) -> list[dict]:
+    """A journal as a resumed run goes on with it: the report lines of trials it never
+    completed are dropped, as that attempt was cut short and its trial runs again from the
+    start (whose reports the rerun logs). Applied at every resume, a completed trial's
+    report lines are those of the one attempt that completed it, however often the
+    driver was killed."""
+    completed = {(e["campaign"], e["trial"]) for e in lines
+                 if event_kind(e) == Event.COMPLETE}
+    return [e for e in lines if event_kind(e) != Event.REPORT
+            or (e["campaign"], e["trial"]) in completed]
 
 
 def run_inline(campaign: Campaign) -> None:
