@@ -32,7 +32,7 @@ class Context:
     task: Task
     space: tuple[Param, ...]
     seed: int
-    cap_s: float  # compute cap (resource-seconds) for this (task, method, seed)
+    cap_s: float  # compute cap (in the budget's unit) for this (task, method, seed)
     workers: int
     #: only each parameter's grid values may be suggested (replaying recorded runs)
     discrete: bool = False
