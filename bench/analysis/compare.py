@@ -95,8 +95,8 @@ def check_out_dir(out: str | Path) -> None:
 
 def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     """The long table (``SCORE_COLUMNS``) of every task of ``run_dirs`` at ``fractions``;
-    a task name found in two runs is told apart by its run's name (``run_labels``). Runs that count
-    compute in different units are refused (``compare_unit``)."""
+    a task name found in two runs is told apart by its run's name (``run_labels``). Runs
+    that count compute in different units are refused (``compare_unit``)."""
     loaded = []
     units = {}
     for label, run_dir in zip(run_labels(run_dirs), run_dirs):
