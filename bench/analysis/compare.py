@@ -101,7 +101,7 @@ def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     units = {}
     for label, run_dir in zip(run_labels(run_dirs), run_dirs):
         trials, info = load_run(run_dir)
-        units[str(run_dir)] = info.unit
+        units[label] = info.unit
         loaded.append((label, anytime_curves(trials), info.reference,
                        method_kinds(trials)))
     unit = compare_unit(units)
