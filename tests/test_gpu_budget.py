@@ -173,6 +173,17 @@ def test_published_replays_count_a100_gpu_seconds_at_one_gpu_per_trial():
         parse_suite(text.replace('unit = "gpu"', 'unit = "cpu"\ncpus_per_worker = 1'), "r")
 
 
+def test_a_replay_counts_in_its_records_unit(monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the suite names its records relative to the clone
+    text = (root / "suites" / "default-search.toml").read_text()
+    assert parse_suite(text, "search").budget.unit == "cpu"  # as results/default counted
+    gpu = text.replace("cpus_per_worker = 1\n", "cpus_per_worker = 1\ngpus_per_worker = 0.5\n")
+    with pytest.raises(BenchError, match=r"unit is 'gpu' but the records in results/default "
+                                         r"count CPU core-seconds: set unit = 'cpu'"):
+        parse_suite(gpu, "search")
+
+
 def test_a_gpu_share_trains_on_the_cpu_where_torch_sees_no_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA is here: a GPU share trains on it")
