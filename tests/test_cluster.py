@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.cli import main
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.protocol import FinalResult
@@ -68,56 +67,84 @@ class _Node:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=[False, True], ids=["no-token-file", "token-file"])
-def two_node_cluster(request, tmp_path, monkeypatch):
+# token first: the README's way; disabled only where the network is isolated
+AUTH_MODES = ["token", "disabled"]
+
+
+def _home(root: Path, machine: str) -> Path:
+    (root / machine / ".ray").mkdir(parents=True)
+    return root / machine
+
+
+@pytest.fixture(params=AUTH_MODES)
+def two_node_cluster(request, tmp_path):
     """A head and one worker node, each with one CPU, on this machine, started as the
-    README's cluster block says (``RAY_AUTH_MODE=disabled`` in every shell), with and
-    without a token file (~/.ray/auth_token, which turns authentication on for a new head
-    in Ray >= 2.59 unless the mode is set); torn down after."""
-    home = tmp_path / "home"
-    (home / ".ray").mkdir(parents=True)
-    if request.param:
-        (home / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    README's cluster block says, each "machine" (head, worker, driver) with a home of its
+    own: with token authentication, the head's token (``ray get-auth-token --generate``)
+    copied to the worker's and the driver's ``~/.ray/auth_token`` and ``RAY_AUTH_MODE=token``
+    in every shell; or ``RAY_AUTH_MODE=disabled`` in every shell. Yields the address and
+    the environment of each machine's shell; torn down after."""
+    mode = request.param
     cache = os.environ.get("BENCH_CACHE") or str(Path.home() / ".cache" / "bench")
-    monkeypatch.setenv("BENCH_CACHE", cache)  # data and weights stay where they are
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the README block's export
-    env = dict(os.environ)
+    shells = {machine: dict(os.environ, BENCH_CACHE=cache,  # data and weights stay put
+                            HOME=str(_home(tmp_path / "homes", machine)), RAY_AUTH_MODE=mode)
+              for machine in ("head", "worker", "driver", "stranger")}
+    if mode == "token":
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=shells["head"], check=True,
+                       capture_output=True)
+        token = Path(shells["head"]["HOME"]) / ".ray" / "auth_token"
+        for machine in ("worker", "driver"):  # the stranger has none
+            shutil.copy(token, Path(shells[machine]["HOME"]) / ".ray" / "auth_token")
     port = _free_port()
     temp = Path("/tmp") / f"bench-cl-{port}"  # short: Ray's socket paths are bounded
     nodes: list[_Node] = []
     try:
         nodes.append(_Node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                             "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-                            f"--temp-dir={temp}", "--disable-usage-stats"], env,
+                            f"--temp-dir={temp}", "--disable-usage-stats"], shells["head"],
                            tmp_path / "head.log"))
         nodes[-1].wait_started()
         nodes.append(_Node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"], env,
-                           tmp_path / "worker.log"))
+                            "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"],
+                           shells["worker"], tmp_path / "worker.log"))
         nodes[-1].wait_started()
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", shells
     finally:
         for node in reversed(nodes):
             node.stop()
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _bench(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``bench`` in a shell of its own (a driver machine): its home, its token or none."""
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
 @pytest.mark.ray
 def test_smoke_suite_runs_on_a_two_node_cluster(two_node_cluster, tmp_path):
+    address, shells = two_node_cluster
     out = tmp_path / "out"
     suite = (ROOT / "suites" / "smoke.toml").read_text()
     suite = suite.split("[methods.tpe]")[0]  # grid and random: enough trials for both nodes
     (tmp_path / "cluster.toml").write_text(suite)
-    assert main(["run", str(tmp_path / "cluster.toml"), "--out", str(out), "--quiet",
-                 "--address", two_node_cluster]) == 0
+    run = ["run", str(tmp_path / "cluster.toml"), "--quiet", "--address", address]
+    if shells["driver"]["RAY_AUTH_MODE"] == "token":  # a driver without the token: refused
+        stranger = _bench(run + ["--out", str(tmp_path / "stranger")], shells["stranger"])
+        assert stranger.returncode == 2, stranger.stderr[-3000:]
+        assert stranger.stderr.splitlines()[-1] == (
+            f"bench: error: --address {address}: RAY_AUTH_MODE=token but no token here: copy "
+            "the head's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN_PATH)")
+        assert not (tmp_path / "stranger").exists()
+    done = _bench(run + ["--out", str(out)], shells["driver"])
+    assert done.returncode == 0, done.stderr[-3000:]
     trials = pd.read_parquet(out / S.TRIALS_FILE)
     assert (trials[S.STATUS] == S.OK).all()
     nodes = set(trials[S.NODE])
     assert len(nodes) == 2, nodes  # each node ran trials
     assert trials[S.NODE].notna().all() and (trials[S.RESOURCE_S] > 0).all()
     meta = json.loads((out / S.METADATA_FILE).read_text())
-    assert meta["ray_address"] == two_node_cluster
+    assert meta["ray_address"] == address
 
 
 def test_fractional_gpu_budgets_fit_the_cluster_arithmetic():

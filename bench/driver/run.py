@@ -106,10 +106,18 @@ def _start_ray(address: str | None, temp_dir: str) -> float:
     started = time.perf_counter()
     common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
     if address:
+        from ray.exceptions import AuthenticationError
+
         try:
             ray.init(address=address, **common)
         except ConnectionError as err:  # it answered, but is no Ray cluster (after Ray's retries)
-            raise BenchError(f"--address {address}: {err}") from None
+            raise BenchError(f"--address {address}: {err} (no Ray there, or one with token "
+                             "authentication: then RAY_AUTH_MODE=token and its head's "
+                             "~/.ray/auth_token here)") from None
+        except AuthenticationError:  # token mode, no token
+            raise BenchError(f"--address {address}: RAY_AUTH_MODE=token but no token here: "
+                             "copy the head's ~/.ray/auth_token to this machine (or set "
+                             "RAY_AUTH_TOKEN_PATH)") from None
     else:  # this machine only: on loopback, without the dashboard
         with ray_processes.loopback_only():
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=temp_dir,
