@@ -74,12 +74,14 @@ def test_layerwise_radius_grows_with_depth_on_a_real_backbone():
         w = params[name]
         if net.is_head(name):
             assert float(w.norm()) <= 0.5 + 1e-4
-        else:
+        elif name in net.stage_of:
             radius = 0.01 * 2.0 ** net.stage_of[name]
             stages.add(net.stage_of[name])
             assert float((w - net.mu0[name]).norm()) <= radius * (1 + 1e-4)
-    assert len(stages) >= 8  # stem, seven block stages, final conv
-    # biases and BatchNorm are not constrained
+        else:  # the stem: free, as a ResNet's
+            assert float((w - net.mu0[name]).norm()) > 1.0
+    assert stages == {0, 1, 2}  # strides 4-8, 16, 32
+    # the stem's BatchNorm is free; biases are never constrained (no BN moved here)
     assert float((params["_bn0.weight"] - net.mu0["_bn0.weight"]).abs().max()) == 0.0
 
 
@@ -188,3 +190,68 @@ def test_mars_sp_at_radius_zero_is_the_centre_exactly():
     gain = m[1].weight.detach() / (m[1].running_var + 1e-6).sqrt()
     gain0 = net.mu0["1.weight"] / (net.running_var0["1.weight"] + 1e-6).sqrt()
     torch.testing.assert_close(gain, gain0, rtol=0, atol=1e-14)
+
+
+# -- layer-wise constraints: the authors' radius map and BatchNorm clipping (issue 28)
+
+def _radii(net, reg):
+    return {n: reg.radius(net, n) for n in net.layer_weights if not net.is_head(n)}
+
+
+def test_layerwise_radii_on_a_torchvision_resnet18_are_the_authors():
+    """Li & Zhang's constraint_trainer.py: stem free, layer1 .. layer4 = D, D, D·g, D·g²."""
+    import torchvision
+
+    from bench.zoo import backbones
+    from bench.zoo.network import Network
+
+    model = torchvision.models.resnet18(weights=None)
+    head = backbones._replace_last_linear(model, 5)
+    net = Network(model, head=head, stage_of=backbones._stages(model, head,
+                                                               backbones._resnet_stage))
+    reg = LayerwiseConstraint(D=2.0, scale=3.0, D_head=1.0)
+    expected = {"conv1": None, "layer1": 2.0, "layer2": 2.0, "layer3": 6.0, "layer4": 18.0}
+    radii = _radii(net, reg)
+    assert {n.split(".")[0] for n in radii} == set(expected)
+    for name, radius in radii.items():
+        assert radius == expected[name.split(".")[0]], name
+    assert reg.radius(net, "bn1.weight") is None and reg.radius(net, "layer3.0.bn1.weight") == 6.0
+
+
+def test_layerwise_radii_on_efficientnet_lite0_follow_the_output_stride():
+    net = build_backbone("efficientnet-lite0", 5)
+    reg = LayerwiseConstraint(D=1.0, scale=2.0)
+    radii = _radii(net, reg)
+    block = lambda n: int(n.split(".")[1]) if n.startswith("_blocks.") else None  # noqa: E731
+    for name, radius in radii.items():
+        b = block(name)
+        if name.startswith("_conv_stem") or b == 0:
+            assert radius is None, name  # stride 2: free, as a ResNet's stem
+        elif b is not None and b <= 4:
+            assert radius == 1.0, name  # strides 4 and 8: D
+        elif b is not None and b <= 10:
+            assert radius == 2.0, name  # stride 16: D·g
+        else:
+            assert radius == 4.0, name  # stride 32 (blocks 11-15, the head conv): D·g²
+
+
+def test_layerwise_projection_bounds_each_layer_and_clips_batchnorm_gains():
+    net = _bn_net()  # conv (stage 0) -> BatchNorm (stage 0) -> linear head
+    net.stage_of.update({"0.weight": 0, "1.weight": 0})
+    m = net.model
+    stem_free = net.mu0["0.bias"].clone()
+    with torch.no_grad():
+        LayerwiseConstraint(D=0.4, scale=2.0, D_head=0.2).project(net)
+        assert float((m[0].weight - net.mu0["0.weight"]).norm()) == pytest.approx(0.4)
+        assert float(m[4].weight.norm()) == pytest.approx(0.2)
+        gain = m[1].weight / (m[1].running_var + 1e-6).sqrt()
+        gain0 = net.mu0["1.weight"] / (net.running_var0["1.weight"] + 1e-6).sqrt()
+        assert float((gain - gain0).abs().max()) == pytest.approx(0.4)  # clipped, binding
+        np.testing.assert_allclose(
+            m[1].weight.numpy(), _authors_bn(gamma := m[1].weight.numpy(),
+                                             m[1].running_var.numpy(),
+                                             net.mu0["1.weight"].numpy(),
+                                             net.running_var0["1.weight"].numpy(), 0.4),
+            atol=1e-14)  # already projected: the authors' formula leaves it as it is
+    assert not torch.equal(m[0].bias, stem_free)  # biases are never constrained
+    del gamma

@@ -62,23 +62,33 @@ class BackboneInfo:
 # ------------------------------------------------------------- EfficientNet-Lite0
 
 
+# Layer-wise constraints' stages by output stride. Li & Zhang constrain a ResNet's layer1 ..
+# layer4, at strides 4, 8, 16 and 32, with radii D, D, D·g, D·g² and leave the stem free
+# (trainer/constraint_trainer.py, add_constraint); a network with other blocks gets the
+# radius of the ResNet stage at its stride (docs/methods.md#layer-wise-constraints).
+STRIDE_STAGE = {4: 0, 8: 0, 16: 1, 32: 2}
+
+
+def _stride(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
 def _efficientnet_stages(model: nn.Module) -> dict[str, int]:
-    """Stem = 0, each run of blocks with the same output width = next stage, then the
-    final 1x1 convolution."""
-    block_stage, stage, width = [], 0, None
+    """Each block by its output stride (``STRIDE_STAGE``): the stem and first block (stride
+    2) free; the final 1x1 convolution and its BatchNorm at stride 32."""
+    stride, block_stage = _stride(model._conv_stem.stride), []
     for block in model._blocks:
-        if block._block_args.output_filters != width:
-            stage, width = stage + 1, block._block_args.output_filters
-        block_stage.append(stage)
+        stride *= _stride(block._block_args.stride)
+        block_stage.append(STRIDE_STAGE.get(stride))
     stage_of = {}
     for name, _ in model.named_parameters():
         parts = name.split(".")
         if parts[0] == "_blocks":
-            stage_of[name] = block_stage[int(parts[1])]
-        elif parts[0] in ("_conv_stem", "_bn0"):
-            stage_of[name] = 0
-        elif parts[0] != "_fc":
-            stage_of[name] = stage + 1
+            stage = block_stage[int(parts[1])]
+        else:
+            stage = STRIDE_STAGE[stride] if parts[0] in ("_conv_head", "_bn1") else None
+        if stage is not None:
+            stage_of[name] = stage
     return stage_of
 
 
@@ -257,7 +267,11 @@ def _torchvision_info(arch: str) -> BackboneInfo:
             raise BenchError(f"could not get weights of tv:{arch} ({type(err).__name__}); "
                              "torchvision backbones need internet on first use") from None
         head = _replace_last_linear(model, num_classes)
-        return Network(model, head=head, stage_of=stages_by_top_level_module(model, head))
+        if {f"layer{k}" for k in range(1, 5)} <= {n for n, _ in model.named_children()}:
+            stage_of = _stages(model, head, _resnet_stage)  # a ResNet: the authors' map
+        else:
+            stage_of = stages_by_top_level_module(model, head)
+        return Network(model, head=head, stage_of=stage_of)
 
     return BackboneInfo(f"tv:{arch}", f"torchvision {arch}, ImageNet weights (needs internet)",
                         3, IMAGENET_MEAN, IMAGENET_STD, 32, 224, False, build)
@@ -266,29 +280,44 @@ def _torchvision_info(arch: str) -> BackboneInfo:
 # ------------------------------------------------- the DE-ELBo study's backbones
 
 
-def _resnet_stage(name: str) -> str:
-    top = name.split(".")[0]
-    return "stem" if top in ("conv1", "bn1") else top  # then layer1 .. layer4
+def _resnet_stage(name: str) -> int | None:
+    """The authors' map: stem (conv1, bn1) free, layer1 .. layer4 -> 0, 0, 1, 2."""
+    return {"layer1": 0, "layer2": 0, "layer3": 1, "layer4": 2}.get(name.split(".")[0])
 
 
-def _vit_stage(name: str) -> str:
-    if name.startswith("encoder.layers."):
-        return ".".join(name.split(".")[:3])  # one stage per encoder block
-    return "encoder.ln" if name.startswith("encoder.ln") else "embedding"
+def _vit_stage(name: str) -> int | None:
+    """The authors' ViT: one radius D for the encoder's blocks and final norm; the patch
+    embedding, class token and position embedding free (``including_key="encoder"``,
+    their encoder holding no embedding)."""
+    return 0 if name.startswith(("encoder.layers.", "encoder.ln.")) else None
 
 
-def _convnext_stage(name: str) -> str:
-    return ".".join(name.split(".")[:2])  # features.0 (stem) .. features.7, classifier.0
+def _convnext_stage(name: str) -> int | None:
+    """By output stride (``STRIDE_STAGE``): the stem (features.0, to stride 4) free as a
+    ResNet's; stages 1 .. 4 with their downsampling layers at strides 4 .. 32; the final
+    norm (classifier.0) at 32."""
+    parts = name.split(".")
+    if parts[0] == "classifier":
+        return STRIDE_STAGE[32]
+    index = int(parts[1])  # features.1 stage 1 (/4), .2-.3 (/8), .4-.5 (/16), .6-.7 (/32)
+    return None if index == 0 else STRIDE_STAGE[4 * 2 ** (index // 2)]
+
+
+def _stages(model: nn.Module, head: str, stage: Callable[[str], int | None]) -> dict[str, int]:
+    """``stage`` of every backbone parameter that has one."""
+    return {n: s for n, _ in model.named_parameters()
+            if not (n == head or n.startswith(head + ".")) and (s := stage(n)) is not None}
 
 
 @dataclass(frozen=True)
 class StudyBackbone:
     """A torchvision architecture as the study fine-tunes it: ImageNet weights, the last
-    linear layer replaced by a fresh head, one depth stage per block (``stage``)."""
+    linear layer replaced by a fresh head; ``stage`` gives a parameter's stage for
+    layer-wise constraints (None: free)."""
 
     name: str
     arch: str
-    stage: Callable[[str], str]
+    stage: Callable[[str], int | None]
 
     def network(self, num_classes: int, pretrained: bool = True) -> Network:
         """With ``pretrained=False`` the architecture at random initialisation (tests)."""
@@ -298,11 +327,7 @@ class StudyBackbone:
         if pretrained:
             model.load_state_dict(self._imagenet_state())
         head = _replace_last_linear(model, num_classes)
-        order: dict[str, int] = {}
-        stage_of = {n: order.setdefault(self.stage(n), len(order))
-                    for n, _ in model.named_parameters()
-                    if not (n == head or n.startswith(head + "."))}
-        return Network(model, head=head, stage_of=stage_of)
+        return Network(model, head=head, stage_of=_stages(model, head, self.stage))
 
     def _imagenet_state(self) -> dict:
         import torchvision

@@ -14,8 +14,9 @@ class Network:
     """A pretrained model with a fresh head.
 
     ``head`` names the module of the new final layer; every other parameter is backbone.
-    ``stage_of`` maps a backbone parameter name to its depth stage (0 = nearest the input),
-    used by depth-dependent regularizers. ``mu0`` holds the pretrained backbone values, and
+    ``stage_of`` maps a backbone parameter name to its stage for layer-wise constraints
+    (radius D·g^stage; each backbone's map and its source: docs/methods.md); a backbone
+    parameter without a stage (a ResNet's stem) is left unconstrained. ``mu0`` holds the pretrained backbone values, and
     ``running_var0`` the pretrained running variance of each trained backbone BatchNorm,
     by the name of its weight (gamma): what BatchNorm constraints measure from.
     """
@@ -44,10 +45,18 @@ class Network:
 
     @functools.cached_property
     def layer_weights(self) -> tuple[str, ...]:
-        """Names of the weight tensors of every convolution and linear layer."""
+        """Names of the weight tensors of every convolution and linear layer, and the
+        packed query/key/value projection of attention (a linear map kept as a bare
+        parameter by ``nn.MultiheadAttention``)."""
         kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        return tuple(f"{m}.weight" if m else "weight"
-                     for m, mod in self.model.named_modules() if isinstance(mod, kinds))
+        names = []
+        for m, mod in self.model.named_modules():
+            prefix = f"{m}." if m else ""
+            if isinstance(mod, kinds):
+                names.append(f"{prefix}weight")
+            elif isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
+                names.append(f"{prefix}in_proj_weight")
+        return tuple(names)
 
     @functools.cached_property
     def batchnorms(self) -> tuple[tuple[str, nn.modules.batchnorm._BatchNorm], ...]:

@@ -153,9 +153,12 @@ class MarsSPFrobenius(MarsSP):
 
 @dataclass(frozen=True)
 class LayerwiseConstraint(Regularizer):
-    """Layer-wise distance constraints (Li & Zhang 2021): every conv/linear weight of stage
-    s is projected into the Frobenius ball of radius D·scale^s around its pretrained
-    value; the head's weight into the ball of radius D_head around 0. Biases skipped."""
+    """Layer-wise distance constraints (Li & Zhang 2021, ``utils/constraint.py``
+    ``FrobeniusConstraint``): every conv/linear weight of stage s is projected into the
+    Frobenius ball of radius D·scale^s around its pretrained value, and each BatchNorm's
+    gain gamma / sqrt(running_var + 1e-6) clipped elementwise to the same radius around its
+    pretrained gain, as the authors do; the head's weight into the ball of radius D_head
+    around 0. Biases skipped; parameters without a stage (a ResNet's stem) are free."""
 
     D: float = 1.0
     scale: float = 2.0
@@ -168,16 +171,24 @@ class LayerwiseConstraint(Regularizer):
         Param("D_head", 1.0, 100.0, grid=(1.0, 10.0, 100.0)),
     )
 
+    def radius(self, net: Network, name: str) -> float | None:
+        """The radius of backbone parameter ``name``; None: it has no stage (free)."""
+        stage = net.stage_of.get(name)
+        return None if stage is None else self.D * self.scale ** stage
+
     def project(self, net: Network) -> None:
         params = dict(net.model.named_parameters())
         for name in net.layer_weights:
             w = params[name]
             if net.is_head(name):
                 w.copy_(_shrink_frobenius(w, self.D_head))
-            else:
-                radius = self.D * self.scale ** net.stage_of[name]
+            elif (radius := self.radius(net, name)) is not None:
                 w0 = net.mu0[name]
                 w.copy_(w0 + _shrink_frobenius(w - w0, radius))
+        for name, bn in net.batchnorms:
+            if (radius := self.radius(net, name)) is not None:
+                bn.weight.copy_(_clip_batchnorm(bn.weight, bn.running_var, net.mu0[name],
+                                                net.running_var0[name], radius))
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {
