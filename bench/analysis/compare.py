@@ -71,7 +71,8 @@ def run_labels(run_dirs) -> list[str]:
     for i, path in enumerate(paths):
         if path in paths[:i]:
             first = run_dirs[paths.index(path)]
-            same = f"{first} is named twice" if str(first) == str(run_dirs[i]) else                 f"{first} and {run_dirs[i]} are the same run directory"
+            same = f"{first} is named twice" if str(first) == str(run_dirs[i]) else \
+                f"{first} and {run_dirs[i]} are the same run directory"
             raise BenchError(f"compare: {same}; name each run once")
     labels = []
     for path in paths:
