@@ -43,6 +43,14 @@ def profiled_prior(sq_dist: torch.Tensor, dim: int, sigma2: torch.Tensor):
     return var, kl
 
 
+def sample_weights(names, means, sigma) -> dict[str, torch.Tensor]:
+    """One posterior sample w = m + sigma*eps per parameter. eps is drawn in the tensor's
+    logical order on its device (``randn_like`` would fill memory order, so a
+    channels_last network would draw other numbers)."""
+    return {name: p + sigma * torch.randn(p.shape, dtype=p.dtype, device=p.device)
+            for name, p in zip(names, means)}
+
+
 def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for small and large y
 
@@ -66,7 +74,8 @@ class VariationalHook(Hook):
         self.means = [p for _, p in self.bb + self.head]  # m is the model's own parameters
         self.kappa, self.n = kappa, n
         self.rho = torch.nn.Parameter(torch.tensor(_inv_softplus(sigma_init),
-                                                   dtype=self.means[0].dtype))
+                                                   dtype=self.means[0].dtype,
+                                                   device=self.means[0].device))
         self._epoch_loss = 0.0
         self._epoch_steps = 0
 
@@ -81,7 +90,7 @@ class VariationalHook(Hook):
         return sigma, lam, tau, (kl_bb + kl_head) / (self.kappa * self.n), sq_bb, sq_head
 
     def sampled(self, sigma) -> dict[str, torch.Tensor]:
-        return {name: p + sigma * torch.randn_like(p) for name, p in zip(self.names, self.means)}
+        return sample_weights(self.names, self.means, sigma)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.rho]
@@ -127,9 +136,11 @@ def fit_de_elbo(method: DEELBo, data: FitData, config: dict[str, float],
     d = sum(p.numel() for p in model.parameters())
     hook = VariationalHook(net, method.sigma_init, method.kappa_for(d, n), n,
                            centred_at_pretrained(task.regularizer))
+    # bf16: the sampled forward pass and the NLL under autocast; the KL term, sigma and
+    # the final objective (sampled_nll) stay float32
     train_config = TrainConfig(lr=lr, steps=task.steps, batch_size=task.batch_size,
                                seed=data.seed, momentum=method.momentum,
-                               clip_norm=method.clip_norm)
+                               clip_norm=method.clip_norm, precision=task.precision)
     try:
         result = fine_tune(net, None, data.train, train_config,
                            callback=lambda e: report(e.step, epoch_metrics(e)),
@@ -163,7 +174,7 @@ def fit_de_elbo(method: DEELBo, data: FitData, config: dict[str, float],
             "head_sq_norm": float(sq_head) / hook.d_head,
             "d_backbone": hook.d_bb, "d_head": hook.d_head, "n": n,
             "objective_samples": method.objective_samples,
-            "stopped_early": result.stopped_early,
+            "stopped_early": result.stopped_early, "precision": task.precision,
             "wall_s": time.perf_counter() - started}
     return Fitted(net, objective=objective, info=info, steps_done=result.steps_done,
                   train_s=result.train_s, eval_s=eval_s)
@@ -177,7 +188,7 @@ def sampled_nll(model, names, means, sigma, x, y, samples: int, chunk: int = 256
     n = len(y)
     total = 0.0
     for _ in range(samples):
-        weights = {name: p + sigma * torch.randn_like(p) for name, p in zip(names, means)}
+        weights = sample_weights(names, means, sigma)
         nll_sum = sum(float(F.cross_entropy(functional_call(model, weights, (x[i:i + chunk],)),
                                             y[i:i + chunk], reduction="sum"))
                       for i in range(0, n, chunk))

@@ -70,10 +70,13 @@ class PriorGroups:
         else:
             self.names = list(self.param_names)
             self.group_of = list(range(len(self.param_names)))
-        self.index = torch.tensor(self.group_of, dtype=torch.long)
+        # every tensor of the prior lives on the parameters' device (CUDA or CPU)
+        self.device = named[0][1].device if named else torch.device("cpu")
+        self.index = torch.tensor(self.group_of, dtype=torch.long, device=self.device)
         self.means = {n: (net.mu0[n] if centred and not net.is_head(n)
                           else torch.zeros_like(p)).detach() for n, p in named}
-        self.log_delta = torch.full((len(self.names),), math.log(init), requires_grad=True)
+        self.log_delta = torch.full((len(self.names),), math.log(init), device=self.device,
+                                    requires_grad=True)
 
     # -- values
     def delta(self) -> torch.Tensor:
@@ -89,14 +92,15 @@ class PriorGroups:
         if names is None:
             return out
         pos = {n: i for i, n in enumerate(self.param_names)}
-        return out[torch.tensor([pos[n] for n in names], dtype=torch.long)]
+        return out[torch.tensor([pos[n] for n in names], dtype=torch.long, device=out.device)]
 
     def per_element(self, delta: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
         """Precision of each scalar parameter, flattened in model order."""
         names = self.param_names if names is None else names
         size = dict(zip(self.param_names, self.sizes))
+        repeats = [size[n] for n in names]  # output_size: no device sync on CUDA
         return self.per_tensor(delta, names).repeat_interleave(
-            torch.tensor([size[n] for n in names]))
+            torch.tensor(repeats, device=delta.device), output_size=sum(repeats))
 
     def prior_mean(self, names: list[str] | None = None) -> torch.Tensor:
         """Flat prior mean ([mu0, 0]) of ``names`` (default all), in model order."""
@@ -109,7 +113,8 @@ class PriorGroups:
         with torch.no_grad():
             per_tensor = torch.stack([(params[n] - self.means[n]).pow(2).sum()
                                       for n in self.param_names])
-            return torch.zeros(len(self.names)).index_add_(0, self.index, per_tensor)
+            return torch.zeros(len(self.names), device=per_tensor.device).index_add_(
+                0, self.index, per_tensor)
 
     def penalty(self) -> torch.Tensor:
         """½·sum_g delta_g·||theta_g − mu_g||² (delta held fixed; grad flows to theta)."""

@@ -81,7 +81,8 @@ class MarglikHook(Hook):
         self.groups, self.estimator, self.schedule = groups, estimator, schedule
         self.hyper_steps, self.keep, self.train, self.run = hyper_steps, keep, train, run
         self.optimizer = torch.optim.Adam([groups.log_delta], lr=hyper_lr)  # across rounds
-        self.generator = torch.Generator().manual_seed(seed + 7919)  # subsets / outputs
+        # subsets and outputs: a CPU generator, so every device draws the same ones
+        self.generator = torch.Generator().manual_seed(seed + 7919)
         self.best_state: dict | None = None
 
     def on_start(self, loop: Loop) -> None:
@@ -154,7 +155,8 @@ def marglik_fit(net: Network, train: Split, estimator: Estimator, groups: PriorG
         net.model.load_state_dict(hook.best_state)
         with torch.no_grad():
             groups.log_delta.copy_(torch.tensor(
-                [math.log(run.best_precisions[g]) for g in groups.names]))
+                [math.log(run.best_precisions[g]) for g in groups.names],
+                device=groups.log_delta.device))
     run.precisions = groups.precisions()
     net.model.train()
     return run
@@ -169,6 +171,9 @@ def fit_marglik_method(method: MarglikMethod, data: FitData, config: dict[str, f
     task = data.task
     groups = PriorGroups(net, method.groups, method.prior_prec_init,
                          centred_at_pretrained(task.regularizer))
+    # float32 throughout, whatever the task's precision: the curvature, Jacobians and
+    # log-determinants of the marginal likelihood need it, and so does the MAP point
+    # they are taken at (docs/methods.md#gpu-speed-options)
     run = marglik_fit(net, data.train, method.make_estimator(), groups, lr=config["lr"],
                       steps=task.steps, batch_size=task.batch_size, seed=data.seed,
                       schedule=method.round_schedule(), hyper_steps=method.hyper_steps,
@@ -193,6 +198,10 @@ def fit_marglik_method(method: MarglikMethod, data: FitData, config: dict[str, f
         "train_s": run.train_s,
         "final_loss": run.final_loss,
         "n": n,
+        "precision": "float32",
     }
+    if task.precision != "float32":
+        info["precision_note"] = (f"task precision {task.precision!r} ignored: {method.name} "
+                                  "trains and fits in float32")
     return Fitted(net, objective=objective, info=info, steps_done=run.steps_done,
                   train_s=run.train_s + run.hyper_s, eval_s=0.0)

@@ -72,7 +72,9 @@ DEFAULT_LRS = (0.1, 0.01, 1e-3, 1e-4)
 def draw_subset(y: torch.Tensor, m: int, balanced: bool,
                 generator: torch.Generator) -> torch.Tensor:
     """Indices of M distinct training points: uniform, or M//C per class (all of a class
-    if it has fewer) topped up uniformly from the rest."""
+    if it has fewer) topped up uniformly from the rest. Drawn on the CPU with the CPU
+    ``generator`` (the same subsets on every device); the indices are CPU tensors."""
+    y = y.cpu()
     n = len(y)
     m = min(m, n)
     if not balanced:
@@ -127,10 +129,8 @@ def group_kernels(net: Network, groups: PriorGroups, x: torch.Tensor, kernel: st
         raise BenchError("kernel='single' needs the output index")
     per = 1 if single else c
     n_groups = len(groups.names)
-    if kernel == "full":
-        kernels = torch.zeros(n_groups, m * c, m * c, dtype=torch.float64)
-    else:
-        kernels = torch.zeros(n_groups, per, m, m, dtype=torch.float64)
+    shape = (n_groups, m * c, m * c) if kernel == "full" else (n_groups, per, m, m)
+    kernels = torch.zeros(shape, dtype=torch.float64, device=x.device)
 
     def logits(chunk: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, ({**params, **chunk}, buffers), (xi.unsqueeze(0),))[0]
@@ -186,8 +186,9 @@ def subset_terms(net: Network, groups: PriorGroups, x: torch.Tensor, y: torch.Te
         else:
             s2 = sigma_noise ** 2
             log_lik = (-(y.double() - f).pow(2) / (2 * s2) - 0.5 * math.log(2 * math.pi * s2)).sum()
-            full = torch.eye(c, dtype=torch.float64).expand(m, c, c) / sigma_noise
-            diag = torch.full((m, c), 1 / s2, dtype=torch.float64)
+            full = torch.eye(c, dtype=torch.float64, device=f.device).expand(m, c, c) \
+                / sigma_noise
+            diag = torch.full((m, c), 1 / s2, dtype=torch.float64, device=f.device)
         kernels = group_kernels(net, groups, x, kernel, output, max_jacobian_mb)
     finally:
         model.train(was_training)
@@ -209,12 +210,13 @@ def ntk_bound(terms: SubsetTerms, groups: PriorGroups, delta: torch.Tensor,
         k = (terms.kernels * inv.view(-1, 1, 1)).sum(0).reshape(m, c, m, c)
         lam = terms.factor
         inner = torch.einsum("nca,ncke,keb->nakb", lam, k, lam).reshape(m * c, m * c)
-        a = torch.eye(m * c, dtype=torch.float64) + inner
+        a = torch.eye(m * c, dtype=torch.float64, device=inner.device) + inner
         logdet = 2 * torch.linalg.cholesky(a).diagonal().log().sum()
     else:
         k = (terms.kernels * inv.view(-1, 1, 1, 1)).sum(0)  # (per, M, M)
         s = terms.factor
-        a = torch.eye(m, dtype=torch.float64) + s.unsqueeze(2) * k * s.unsqueeze(1)
+        a = torch.eye(m, dtype=torch.float64, device=k.device) \
+            + s.unsqueeze(2) * k * s.unsqueeze(1)
         logdet = 2 * torch.linalg.cholesky(a).diagonal(dim1=-2, dim2=-1).log().sum()
         if terms.kernel == "single":
             logdet = logdet * c
@@ -253,7 +255,8 @@ class NTKEstimator:
                    generator: torch.Generator) -> SubsetTerms:
         x, y = train
         idx = draw_subset(y, self.subset_size,
-                          self.balanced and self.likelihood == "classification", generator)
+                          self.balanced and self.likelihood == "classification",
+                          generator).to(x.device)
         output = None
         if self.kernel == "single":
             with torch.no_grad():

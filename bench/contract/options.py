@@ -41,6 +41,15 @@ def require_positives(what: str, values: Any) -> None:
         raise BenchError(f"{what} must be a non-empty list of numbers > 0, got {values!r}")
 
 
+PRECISIONS = ("float32", "bf16")  # a task's training precision (bench.training.train)
+
+
+def require_precision(what: str, value: Any) -> None:
+    if value not in PRECISIONS:
+        raise BenchError(f"{what} must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {value!r}")
+
+
 SEED_MAX = 2**32 - 1  # NumPy's legacy RandomState (Optuna's TPE) takes no larger seed
 FLOAT32_MAX = 3.4028234663852886e38  # networks train in float32: larger is infinite there
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")

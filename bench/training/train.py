@@ -11,10 +11,17 @@ data-emphasized ELBo's sampled forward pass and KL term, a marginal-likelihood
 hyperparameter round at the end of an epoch, self-labeling's corrected targets and
 reweighted losses. The search methods' standard fit, DE-ELBo and the marginal-likelihood
 methods all train through :func:`fine_tune`.
+
+Precision (``TrainConfig.precision``): ``"float32"`` (the default) is IEEE float32 on every
+device (TF32 is switched off for CUDA's convolutions and matrix products, see
+:func:`use_exact_float32`); ``"bf16"`` runs each step's forward pass and loss under
+``torch.autocast`` to bfloat16 (parameters, gradients, optimiser, penalties and evaluation
+stay float32).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.contract.errors import BenchError
+from bench.contract.options import require_precision
 from bench.training.metrics import evaluate
 
 if TYPE_CHECKING:  # the loop trains any network with any regularizer the zoo makes
@@ -34,6 +42,21 @@ if TYPE_CHECKING:  # the loop trains any network with any regularizer the zoo ma
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def use_exact_float32() -> None:
+    """IEEE float32 on CUDA too: PyTorch lets cuDNN's float32 convolutions use TF32 (a
+    10-bit mantissa) on Ampere and later GPUs by default; the harness's float32 is exact,
+    so results agree across devices. Process-wide (a worker's later evaluations too)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a training step's forward pass and loss run in."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -48,8 +71,10 @@ class TrainConfig:
     nesterov: bool = True
     clip_norm: float | None = 1.0
     report_every: int | None = None  # steps between evaluations; None: once per epoch
+    precision: str = "float32"  # or "bf16": autocast of each step's forward and loss
 
     def __post_init__(self) -> None:
+        require_precision("precision", self.precision)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise BenchError(f"lr must be a positive number, got {self.lr}")
         if self.steps < 1:
@@ -199,6 +224,15 @@ def _overrides(hook: Hook, name: str) -> bool:
     return getattr(type(hook), name) is not getattr(Hook, name)
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """The hooks that take part in a step's data term, by role."""
+
+    forwards: list[Hook]
+    relabels: list[Hook]
+    per_example: list[Hook]
+
+
 def batch_stream(n: int, batch_size: int, generator: torch.Generator):
     """Endless full batches of indices, drawn from consecutive random permutations."""
     pending = torch.empty(0, dtype=torch.long)
@@ -234,6 +268,7 @@ def fine_tune(
     eval_sets = eval_sets or {}
     hooks = ([RegularizerHook(regularizer)] if regularizer is not None else []) + list(hooks)
     x, y = train
+    use_exact_float32()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     batches = batch_stream(len(x), min(config.batch_size, len(x)), generator)
@@ -245,10 +280,11 @@ def fine_tune(
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
-    forwards = [h for h in hooks if _overrides(h, "forward")]
-    relabels = [h for h in hooks if _overrides(h, "targets")]
-    per_example = [h for h in hooks if _overrides(h, "example_losses")
-                   or _overrides(h, "data_loss")]
+    by_role = _Hooks(
+        forwards=[h for h in hooks if _overrides(h, "forward")],
+        relabels=[h for h in hooks if _overrides(h, "targets")],
+        per_example=[h for h in hooks if _overrides(h, "example_losses")
+                     or _overrides(h, "data_loss")])
     for hook in hooks:
         hook.on_start(loop)
     net.model.train()
@@ -260,23 +296,9 @@ def fine_tune(
     while loop.step < config.steps and not stopped:
         started = time.perf_counter()
         idx = next(batches)
-        xb, yb = x[idx], y[idx]
-        logits = next((out for h in forwards if (out := h.forward(loop, xb)) is not None),
-                      None)
-        if logits is None:
-            logits = net.model(xb)
-        for hook in relabels:
-            yb = hook.targets(loop, idx, yb, logits)
-        if per_example:
-            losses = next((ls for h in per_example
-                           if (ls := h.example_losses(loop, logits, yb)) is not None), None)
-            if losses is None:
-                losses = F.cross_entropy(logits, yb, reduction="none")
-            loss = next((v for h in per_example
-                         if (v := h.data_loss(loop, losses, idx)) is not None), None)
-            loss = losses.mean() if loss is None else loss
-        else:  # the common case, kept as one fused call
-            loss = F.cross_entropy(logits, yb)
+        xb, yb = x[idx], y[idx]  # indexing keeps channels_last batches channels_last
+        with autocast(config.precision, x.device):
+            loss = _data_loss(net, loop, by_role, xb, yb, idx).float()
         data_loss = loss.detach()
         for hook in hooks:
             penalty = hook.penalty(loop)
@@ -312,6 +334,25 @@ def fine_tune(
                        timer.eval_s, timer.other_s, timer.wall_s)
 
 
+def _data_loss(net, loop: Loop, hooks: _Hooks, xb, yb, idx) -> torch.Tensor:
+    """One step's forward pass and data term (what ``bf16`` runs under autocast)."""
+    logits = next((out for h in hooks.forwards if (out := h.forward(loop, xb)) is not None),
+                  None)
+    if logits is None:
+        logits = net.model(xb)
+    for hook in hooks.relabels:
+        yb = hook.targets(loop, idx, yb, logits)
+    if not hooks.per_example:  # the common case, kept as one fused call
+        return F.cross_entropy(logits, yb)
+    losses = next((ls for h in hooks.per_example
+                   if (ls := h.example_losses(loop, logits, yb)) is not None), None)
+    if losses is None:
+        losses = F.cross_entropy(logits, yb, reduction="none")
+    loss = next((v for h in hooks.per_example
+                 if (v := h.data_loss(loop, losses, idx)) is not None), None)
+    return losses.mean() if loss is None else loss
+
+
 def _evaluate(net, loop: Loop, eval_sets, timer: Timer, fields) -> Evaluation:
     started = time.perf_counter()
     metrics = {name: evaluate(net.model, *split) for name, split in eval_sets.items()}
@@ -321,4 +362,5 @@ def _evaluate(net, loop: Loop, eval_sets, timer: Timer, fields) -> Evaluation:
 
 
 __all__ = ["Evaluation", "Hook", "Loop", "RegularizerHook", "Timer", "TrainConfig",
-           "TrainResult", "TrainingDiverged", "batch_stream", "fine_tune", "optimizer_step"]
+           "TrainResult", "TrainingDiverged", "autocast", "batch_stream", "fine_tune",
+           "optimizer_step", "use_exact_float32"]

@@ -1,5 +1,5 @@
 """The standard fit (worker side): the shared fine-tuning loop at one configuration, with
-the task's regularizer, for search trials and their retrains."""
+the task's regularizer, for search trials and their retrains, in the task's ``precision``."""
 
 from __future__ import annotations
 
@@ -48,8 +48,11 @@ def standard_fit(data: FitData, config: dict[str, float], report: Report,
         return report(evaluation.step, epoch_metrics(evaluation))
 
     config_ = TrainConfig(lr=config["lr"], steps=task.steps, batch_size=task.batch_size,
-                          seed=data.seed)
+                          seed=data.seed, precision=task.precision)
     result = fine_tune(net, regularizer, data.train, config_, evals, callback, Timer(),
                        hooks=hooks)
-    return Fitted(net, info={"final_loss": result.final_loss}, steps_done=result.steps_done,
+    info = {"final_loss": result.final_loss}
+    if task.precision != "float32":
+        info["precision"] = task.precision
+    return Fitted(net, info=info, steps_done=result.steps_done,
                   train_s=result.train_s, eval_s=result.eval_s)

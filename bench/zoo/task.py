@@ -11,7 +11,8 @@ import torch
 
 from bench.contract.errors import BenchError
 from bench.contract.names import task_name
-from bench.contract.options import require_int, require_positive
+from bench.contract.options import (require_bool, require_int, require_positive,
+                                    require_precision)
 from bench.contract.space import LR, Param
 from bench.zoo.backbones import backbone_info, build_backbone
 from bench.zoo.data import (Split, StudyPreprocess, dataset_info, load_dataset, prepare_images,
@@ -49,6 +50,11 @@ class Task:
     #: train with self-labeling (Li & Zhang 2021), any regularizer: ``{}`` for the authors'
     #: defaults; its options named in ``space`` are tuned
     self_labeling: SelfLabelingConfig | None = None
+    #: GPU speed options (docs/methods.md#gpu-speed-options): "float32" (exact, the
+    #: default) or "bf16" (autocast of the training forward pass and loss)
+    precision: str = "float32"
+    #: the network and the image tensors in torch.channels_last memory format (layout only)
+    channels_last: bool = False
     #: "resize" (resized once, backbone's normalisation) or "study": the DE-ELBo study's
     #: 256 px resize, its subset normalisation, random 224 px crops and flips in training
     #: (docs/methods.md#the-studys-tasks-live)
@@ -61,6 +67,8 @@ class Task:
         require_int("task n", self.n, 2)
         require_int("task steps", self.steps, 1)
         require_int("task batch_size", self.batch_size, 1)
+        require_precision("task precision", self.precision)
+        require_bool("task channels_last", self.channels_last)
         for key in ("image_size", "test_limit"):
             if getattr(self, key) is not None:
                 require_int(f"task {key}", getattr(self, key), 1)
@@ -153,6 +161,8 @@ class Task:
         if self.trainable_blocks is not None:  # the frozen prefix, once
             prefix, _ = self._split(data.num_classes, seed)
             train_x, test_x = _outputs(prefix, train_x), _outputs(prefix, test_x)
+        if self.channels_last:  # once per task and seed; moving to a device keeps it
+            train_x, test_x = _channels_last(train_x), _channels_last(test_x)
         return TaskData(self, seed, (train_x, train_y), (test_x, test_y), data.num_classes,
                         flipped=flipped)
 
@@ -204,14 +214,27 @@ class TaskData:
         return (x[tr], y[tr]), (x[va], y[va])
 
     def network(self) -> Network:
-        """A fresh pretrained backbone with a new head, initialised from the seed."""
+        """A fresh pretrained backbone with a new head, initialised from the seed (in
+        channels_last memory format if the task asks for it)."""
         if self.task.trainable_blocks is not None:
-            return self.task._split(self.num_classes, self.seed)[1].to(self.device)
-        with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
-            net = build_backbone(self.task.backbone, self.num_classes, self.seed)
+            net = self.task._split(self.num_classes, self.seed)[1]
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints
+                net = build_backbone(self.task.backbone, self.num_classes, self.seed)
+        if self.task.channels_last:
+            net.model.to(memory_format=torch.channels_last)
         if self.task.preprocess == "study":  # every forward pass: crops, flips, normalises
             net.model.register_forward_pre_hook(self.task.study_preprocess(self.train[0]))
         return net.to(self.device)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Image batches (N, C, H, W) in channels_last format; other tensors as they are.
+    Strides set outright: ``contiguous`` would keep a one-channel tensor's strides (the
+    same memory), which convolutions then do not read as channels_last."""
+    if x.dim() != 4:
+        return x
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
 @torch.no_grad()
