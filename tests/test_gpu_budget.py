@@ -332,13 +332,36 @@ def test_four_quarter_gpu_trials_share_one_fake_gpu(fake_gpu_cluster, tmp_path):
     assert "compute (GPU-seconds)" in (out / f"{S.PLOT_STEM}.svg").read_text()
 
 
-@pytest.mark.ray
-def test_a_gpu_budget_on_a_machine_without_gpus_is_refused_in_one_line(tmp_path, capsys):
+def test_a_gpu_budget_on_a_machine_without_gpus_is_refused_in_one_line(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Refused before Ray starts and before any task is checked (which may download a data
+    set or time a network on the driver's CPU)."""
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    import bench.driver.run as run
+
+    def no(*args, **kwargs):
+        raise AssertionError("checked tasks or started Ray before refusing")
+
+    monkeypatch.setattr(run, "check_tasks", no)
+    monkeypatch.setattr(run, "_start_ray", no)
     path = tmp_path / "gpu.toml"
     path.write_text("[budget]\nworkers = 2\ngpus_per_worker = 0.25\n" + TINY)
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the Ray cluster has no GPU" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_task_is_checked_with_one_image_not_timed_at_its_batch(monkeypatch):
+    from bench.driver import preflight
+    from bench.driver.suite import parse_suite
+
+    batches = []
+    monkeypatch.setattr(preflight, "step_seconds",
+                        lambda task, threads, batch_size=None: batches.append(batch_size) or 1.0)
+    for gpus, expected in ((0.25, [1]), (0, [None])):
+        batches.clear()
+        budget = f"[budget]\nworkers = 1\ngpus_per_worker = {gpus}\ncap_s = 1e6\n"
+        preflight.check_tasks(parse_suite(budget + TINY, "s.toml"))
+        assert batches == expected

@@ -16,9 +16,10 @@ from bench.zoo.task import Task
 TIMED_STEPS = 3  # after one warm-up step; the fastest is kept
 
 
-def step_seconds(task: Task, threads: int) -> float:
+def step_seconds(task: Task, threads: int, batch_size: int | None = None) -> float:
     """Seconds of the fastest training step (forward, backward, SGD) of ``task``'s network
-    at its image and batch size on this machine's CPU with ``threads`` threads."""
+    at its image size and ``batch_size`` (default: the task's) on this machine's CPU with
+    ``threads`` threads."""
     import torch
 
     from bench.zoo.backbones import backbone_info, build_backbone
@@ -31,8 +32,9 @@ def step_seconds(task: Task, threads: int) -> float:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.randn(task.batch_size, info.channels, task.image_size, task.image_size)
-        y = torch.randint(0, classes, (task.batch_size,))
+        batch = batch_size or task.batch_size
+        x = torch.randn(batch, info.channels, task.image_size, task.image_size)
+        y = torch.randint(0, classes, (batch,))
         optimizer = torch.optim.SGD(net.model.parameters(), lr=1e-4)
         net.model.train()
         times = []
@@ -67,7 +69,9 @@ def check_data_fits(task: Task) -> None:
 def check_tasks(suite: Suite) -> None:
     """Refuse a task whose N does not fit its data, whose backbone cannot take its image
     size, or whose cap is smaller than one trial (timed only for CPU budgets: the
-    driver's CPU says nothing of a GPU)."""
+    driver's CPU says nothing of a GPU, so a GPU task's network takes one image of its
+    size, a check not a timing: a ViT-B/16 batch of 128 at 224 px on the driver's CPU
+    would take minutes)."""
     budget = suite.budget
     threads = max(1, int(budget.cpus_per_worker))
     timed: dict[tuple, float] = {}
@@ -76,7 +80,8 @@ def check_tasks(suite: Suite) -> None:
     for task in suite.tasks:
         key = (task.backbone, task.image_size, task.batch_size, task.dataset)
         if key not in timed:
-            timed[key] = step_seconds(task, threads)
+            timed[key] = step_seconds(task, threads,
+                                      batch_size=1 if budget.gpus_per_worker > 0 else None)
         if budget.gpus_per_worker > 0:
             continue
         one_trial = task.steps * timed[key] * budget.charge_rate

@@ -71,6 +71,13 @@ def check_resources(suite: Suite, cluster: dict[str, float]) -> None:
                          f"{b.gpus_per_worker:g} GPU)")
 
 
+def local_resources() -> dict[str, float]:
+    """What the local Ray this driver starts will offer: every core and CUDA device."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
 ADDRESS_TIMEOUT_S = 5.0
 
 
@@ -174,6 +181,8 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
         check_output_dir(out)
     if address:
         check_address(address)
+    if not address and suite.budget.gpus_per_worker > 0:  # the local Ray will have these:
+        check_resources(suite, local_resources())  # refused before data sets are fetched
     check_tasks(suite)
     lock = journal = temp_dir = None
     sigterm = signal.getsignal(signal.SIGTERM)  # Ray's and ours replace it: restored after
