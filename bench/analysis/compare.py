@@ -162,8 +162,8 @@ def compare_markdown(scores: pd.DataFrame, test: dict | None, runs, unit: str = 
     lines = [f"# Comparison over {len(tasks)} tasks", "",
              "Runs: " + ", ".join(f"`{r}`" for r in runs) + ".", "",
              "Budgets are fractions of each task's reference method's final compute (mean "
-             f"over its seeds{'; compute in ' + unit if unit else ''}). Score: the method's mean test accuracy over all its seeds at "
-             "that budget, normalised per task (0 = the worst method's final mean, 1 = the "
+             f"over its seeds{'; compute in ' + unit if unit else ''}). Score: the method's "
+             "mean test accuracy over all its seeds at that budget, normalised per task (0 = the worst method's final mean, 1 = the "
              "best's). Rank among the task's methods, 1 = best; a method without a mean over "
              "all its seeds at that budget ranks last and has no score (score columns average "
              "over the tasks that have one: n/N when some lack it).", "",
