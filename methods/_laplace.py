@@ -130,6 +130,11 @@ class LaplaceEstimator:
         delta = groups.delta().detach()
         fitted = []
         was_training = model.training
+        # laplace-torch flattens parameters with view(-1): a channels_last network (task
+        # channels_last) is fitted in the standard layout, then laid out again
+        channels_last = any(p.dim() == 4 and not p.is_contiguous() for p in params.values())
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
         model.eval()  # BatchNorm on running statistics: see the module docstring
         try:
             for names, hessian in self.blocks(groups):
@@ -148,6 +153,8 @@ class LaplaceEstimator:
             for n, p in params.items():
                 p.requires_grad_(flags[n])
             model.train(was_training)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
         return fitted
 
     def log_marglik(self, blocks: list[_Block], groups: PriorGroups,

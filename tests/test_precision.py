@@ -164,11 +164,14 @@ def test_the_marginal_likelihood_methods_ignore_bf16_and_say_so(method):
 # ------------------------------------------------------------------------- channels_last
 
 
-@pytest.mark.parametrize("method", [None, "de-elbo"])
+@pytest.mark.parametrize("method", [None, "de-elbo", "laplace-marglik", "ntk-marglik"])
 def test_channels_last_lays_out_the_network_and_every_batch_and_changes_no_number(method):
     reference, laid_out = run(method), run(method, channels_last=True)
     assert laid_out.weights_channels_last and laid_out.data_channels_last
-    assert laid_out.conv_inputs_channels_last == {True}
+    # laplace-torch's fits run in the standard layout (it views parameters flat); training
+    # and everything else in channels_last
+    expected = {True, False} if method == "laplace-marglik" else {True}
+    assert laid_out.conv_inputs_channels_last == expected
     assert reference.conv_inputs_channels_last == {False}
     assert math.isclose(laid_out.nll, reference.nll, rel_tol=1e-5)
     assert laid_out.acc == pytest.approx(reference.acc, abs=1e-6)

@@ -295,7 +295,7 @@ def fine_tune(
     stopped = False
     while loop.step < config.steps and not stopped:
         started = time.perf_counter()
-        idx = next(batches)
+        idx = next(batches).to(x.device)  # drawn on the CPU: the same batches everywhere
         xb, yb = x[idx], y[idx]  # indexing keeps channels_last batches channels_last
         with autocast(config.precision, x.device):
             loss = _data_loss(net, loop, by_role, xb, yb, idx).float()
