@@ -161,10 +161,21 @@ def whole(tmp_path_factory) -> Path:
     return root / "whole"
 
 
-def _stop_after(suite: Path, out: Path, completions: int, sig: int) -> subprocess.Popen:
-    proc = _bench("run", str(suite), "--out", str(out), "--quiet")
+def _cut_short_now(out: Path) -> bool:
+    """Whether the journal shows a trial reported and not completed: a kill now leaves the
+    reports of an attempt cut short."""
+    journal = out / S.JOURNAL_FILE
+    return journal.is_file() and bool(_cut_short(read_journal(journal)[0]))
+
+
+def _stop_after(suite: Path, out: Path, completions: int, sig: int, resume: bool = False,
+                mid_trial: bool = False) -> subprocess.Popen:
+    """Run (or resume) the suite into ``out`` and send ``sig`` once the journal holds
+    ``completions`` trials (and, with ``mid_trial``, a trial reported and not completed)."""
+    proc = _bench("run", str(suite), "--resume" if resume else "--out", str(out), "--quiet")
     deadline = time.monotonic() + 240
-    while _completions(out) < completions and proc.poll() is None:
+    while proc.poll() is None and (_completions(out) < completions
+                                   or (mid_trial and not _cut_short_now(out))):
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -215,6 +226,46 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_records(whole, t
     pd.testing.assert_frame_equal(
         reports_a.drop(columns=drop).sort_values(key).reset_index(drop=True),
         reports_b.drop(columns=drop).sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("kills", [2, 3])
+def test_a_run_killed_again_and_again_resumes_to_the_uninterrupted_records(whole, tmp_path,
+                                                                           kills):
+    """Kill, resume, kill the resume, ...: each time a trial is cut short after reporting
+    (issue 26: its reports were restored beside the rerun's)."""
+    suite = tmp_path / "resume.toml"
+    suite.write_text(RESUME_SUITE)
+    out = tmp_path / "killed"
+    total = len(pd.read_parquet(whole / S.TRIALS_FILE))
+    rng = random.Random()
+    kill_at = [rng.randint(1, total // 3)]
+    proc = _stop_after(suite, out, kill_at[0], signal.SIGKILL, mid_trial=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+    for _ in range(kills - 1):
+        kill_at.append(_completions(out) + rng.randint(1, 2))
+        proc = _stop_after(suite, out, kill_at[-1], signal.SIGKILL, resume=True,
+                           mid_trial=True)
+        assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stdout.read())
+    assert main(["run", str(suite), "--resume", str(out), "--quiet"]) == 0
+
+    pd.testing.assert_frame_equal(comparable(pd.read_parquet(whole / S.TRIALS_FILE)),
+                                  comparable(pd.read_parquet(out / S.TRIALS_FILE)),
+                                  obj=f"trials, killed after {kill_at} completions")
+    key = [S.METHOD, S.TRIAL_ID, S.STEP]
+    reports_a, reports_b = (pd.read_parquet(run / S.REPORTS_FILE) for run in (whole, out))
+    drop = [c for c in (S.TRAIN_S, S.EVAL_S) if c in reports_a]  # timings, if recorded
+    pd.testing.assert_frame_equal(
+        reports_a.drop(columns=drop).sort_values(key).reset_index(drop=True),
+        reports_b.drop(columns=drop).sort_values(key).reset_index(drop=True),
+        obj=f"reports, killed after {kill_at} completions")
+    journal, _ = read_journal(out / S.JOURNAL_FILE)
+    completes = [(e["campaign"], e["trial"]) for e in journal if e["event"] == "complete"]
+    logged = [(e["campaign"], e["trial"], e["report"][S.STEP]) for e in journal
+              if e["event"] == "report"]
+    assert len(completes) == len(set(completes)) == total, kill_at
+    assert len(logged) == len(set(logged)) == len(reports_a), kill_at
+    assert len(json.loads((out / S.METADATA_FILE).read_text())["resumed"]) == kills
 
 
 @pytest.mark.ray
