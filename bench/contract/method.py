@@ -58,6 +58,10 @@ class Result:
     score: float | None
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # a metric not measured is left out, never None or NaN
+        object.__setattr__(self, "metrics", {k: v for k, v in self.metrics.items()
+                                             if v is not None and v == v})
+
 
 @dataclass(frozen=True)
 class FitData:

@@ -329,6 +329,9 @@ class Campaign:
             if row[S.STATUS] != S.REPEAT and row[S.TRIAL_ID] in self.repeat_of:
                 self._runs_again(row[S.TRIAL_ID])  # a journal being replayed: it ran
             self._follow_incumbent()
+        if self.on_record and notify:  # before the repeats it answers, recorded below
+            self.on_record(self, row)
+        if row[S.KIND] != S.RETRAIN:
             if notify:  # repeats held for this run (a journal being replayed has their rows)
                 for own in [o for o, e in self.repeat_of.items()
                             if e == row[S.TRIAL_ID] and o not in self.done_ids]:
@@ -336,8 +339,6 @@ class Campaign:
                         self.rerun.append(own)
             if self.method_done:
                 self._tell_upto(len(self.tuning_order))
-        if self.on_record and notify:
-            self.on_record(self, row)
 
     def _follow_incumbent(self) -> None:
         """New incumbents, in trial order, are queued for retraining on all N."""

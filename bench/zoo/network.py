@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Network:
     """A pretrained model with a fresh head.
 
@@ -33,6 +33,10 @@ class Network:
         if not self.running_var0:
             self.running_var0 = {name: bn.running_var.detach().clone()
                                  for name, bn in self.batchnorms}
+
+    def __repr__(self) -> str:  # short: the default would print every mu0 tensor
+        count = sum(p.numel() for p in self.model.parameters())
+        return f"Network({type(self.model).__name__}, {count:,} parameters, head {self.head!r})"
 
     def is_head(self, name: str) -> bool:
         return name == self.head or name.startswith(self.head + ".")
