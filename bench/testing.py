@@ -1,11 +1,16 @@
 """``check_method``: certify that a tuning method obeys the plugin contract.
 
 Like scikit-learn's ``check_estimator``: the method runs through a tiny real task (digits,
-the pretrained small CNN at 8 px) with the harness's own campaign code, and once in replay
-on a small recorded table (the published ResNet-50 grid: a discrete space), and named
-checks (``CHECKS``) look at what happened. Each failure is an AssertionError that starts
-with the check's name. ``method_checks`` gives them one by one and
-``parametrize_with_checks`` makes them pytest cases, as scikit-learn's
+the pretrained small CNN at 8 px) with the harness's own campaign code and, if it is a
+search method, in replay on recorded runs (a discrete space): the published ResNet-50 grid,
+or for a method that prunes (``reports_validation``) the reference grid's recorded
+per-epoch validation curves in results/default. Learned methods are never replayed (their
+runs have no records to replay). The live run's journal is then restored into a fresh
+method, as ``bench run --resume`` does, and the replay run again, to check that the same
+seed gives the same suggestions and decisions; ``bad_options`` are each refused in
+``start``. Named checks (``CHECKS``) look at what happened. Each failure is an
+AssertionError that starts with the check's name. ``method_checks`` gives them one by one
+and ``parametrize_with_checks`` makes them pytest cases, as scikit-learn's
 ``parametrize_with_checks`` does; the live run and the replay are made once per process
 and method and shared by the checks.
 """
@@ -19,13 +24,17 @@ import time
 import traceback
 import types
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from bench.contract import schema as S
-from bench.contract.method import FitData, Method
+from bench.contract.errors import BenchError
+from bench.contract.method import Context, FitData, Method
+from bench.contract.protocol import Event, event_kind
 from bench.driver.campaign import (BadSuggestion, Campaign, CampaignQueue, MethodHookError,
                                    run_inline)
 from bench.driver.suite import Budget
+from bench.worker.trial import task_data
 from bench.zoo.task import Task
 
 TINY_TASK = Task(dataset="digits", n=60, backbone="small-cnn", image_size=8, steps=6,
@@ -59,6 +68,8 @@ class _Watched:
         self._fail_next = fail_first_fit
         self.validation_seen_by_learned = False
         self.violations: list[str] = []
+        self.suggestions: list[tuple[str, dict]] = []  # (trial, configuration), in order
+        self.decisions: list[tuple[str, int, bool]] = []  # on_report: (trial, step, stop)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # incl. _method itself while copy/pickle rebuilds us
@@ -71,12 +82,17 @@ class _Watched:
             global _writes
             _writes = []
             try:
-                return attr(*args, **kwargs)
+                answer = attr(*args, **kwargs)
             finally:
                 written, _writes = _writes, None
                 if written:
                     self.violations.append(f"{type(self._method).__name__}.{name} wrote "
                                            f"files: {written}")
+            if name == "suggest" and isinstance(answer, dict):
+                self.suggestions.append((args[0], dict(answer)))
+            elif name == "on_report":
+                self.decisions.append((args[0], args[1], bool(answer)))
+            return answer
 
         return call
 
@@ -125,6 +141,7 @@ class _LiveRun:
     campaign: Campaign | None = None
     watched: list[_Watched] = field(default_factory=list)
     error: BaseException | None = None  # the campaign stopped: a hook raised, or worse
+    journal: list[dict] = field(default_factory=list)  # its events, as bench run logs them
 
     def tuning(self) -> list[dict]:
         return [r for r in self.campaign.rows if r[S.KIND] != S.RETRAIN] if self.campaign else []
@@ -133,8 +150,10 @@ class _LiveRun:
 @dataclass
 class _ReplayRun:
     rows: list[dict] = field(default_factory=list)
+    reports: list[dict] = field(default_factory=list)
     error: BaseException | None = None
     cap_s: float = 0.0
+    records: str = ""
 
 
 _RUNS: dict[tuple, Any] = {}
@@ -150,12 +169,12 @@ def _live_run(cls: type[Method], options: dict, cap_s: float) -> _LiveRun:
         return _RUNS[key]
     run = _RUNS[key] = _LiveRun()
     tempfile.gettempdir()  # Python probes the temp dir by writing once; not the method's doing
+    task_data(TINY_TASK, 0)  # loaded (and torch imported) before the cap's clock starts
     try:
         watched = _Watched(cls(**options), fail_first_fit=False)
         run.watched.append(watched)
-        campaign = Campaign("check", TINY_TASK, cls.name, watched,  # type: ignore[arg-type]
-                            seed=0, budget=Budget(workers=1, cap_s=cap_s),
-                            clock0=time.perf_counter())
+        campaign = _tiny_campaign(watched, cap_s)
+        campaign.log = run.journal.append
         run.campaign = campaign
         campaign.worker_method = _Watched(campaign.worker_method, fail_first_fit=True)
         run.watched.append(campaign.worker_method)
@@ -165,33 +184,65 @@ def _live_run(cls: type[Method], options: dict, cap_s: float) -> _LiveRun:
     return run
 
 
-def _recorded():
-    """A small recorded table: the published ResNet-50 L2-SP grid (real runs), one task
-    and seed of it. Loaded once per process."""
-    if "recorded" not in _RUNS:
-        from bench.driver.replay import RecordedTask, Recorded, load_records
+def _tiny_campaign(method, cap_s: float) -> Campaign:
+    return Campaign("check", TINY_TASK, method.name, method,  # type: ignore[arg-type]
+                    seed=0, budget=Budget(workers=1, cap_s=cap_s), clock0=time.perf_counter())
 
-        recorded = Recorded(load_records(REPLAY_RECORDS))
-        name = recorded.tasks()[0]
+
+#: a search method that does not prune is replayed on the published ResNet-50 L2-SP grid
+REPLAY_RECORDS = "published:cifar10-resnet50"
+#: one that prunes, on the reference grid's recorded per-epoch validation curves (the
+#: published records have none): a harness run directory of this checkout
+PRUNING_RECORDS = Path(__file__).resolve().parents[1] / "results" / "default"
+PRUNING_RECORDS_METHOD, PRUNING_TASK = "grid", "animal-mnist-N100-small-cnn"
+
+
+def prunes(cls: type[Method], options: dict) -> bool:
+    """Whether the method asks for per-epoch validation (``reports_validation``, which an
+    instance may set from its options, as the grid does)."""
+    return bool(cls(**options).reports_validation)
+
+
+def _recorded(pruning: bool):
+    """Recorded runs to replay on, one task and seed of them, loaded once per process:
+    the published ResNet-50 grid (real runs, no per-epoch curves), or for a pruning method
+    the reference grid's runs with their per-epoch validation reports."""
+    key = ("recorded", pruning)
+    if key not in _RUNS:
+        from bench.driver.replay import RecordedTask, Recorded, load_records
+        from bench.records.tables import read_reports, read_trials
+
+        if pruning:
+            assert (PRUNING_RECORDS / S.TRIALS_FILE).is_file(), (
+                f"a pruning method is replayed on recorded per-epoch validation curves, "
+                f"{PRUNING_RECORDS}, which this installation lacks (a checkout has them)")
+            trials, reports = read_trials(PRUNING_RECORDS), read_reports(PRUNING_RECORDS)
+            seed = int(min(trials[S.SEED]))
+            mine = [(t[S.TASK] == PRUNING_TASK) & (t[S.SEED] == seed)
+                    & (t[S.METHOD] == PRUNING_RECORDS_METHOD) for t in (trials, reports)]
+            recorded = Recorded(trials[mine[0]], reports[mine[1]])
+            name, source = PRUNING_TASK, str(PRUNING_RECORDS)
+        else:
+            recorded, source = Recorded(load_records(REPLAY_RECORDS)), REPLAY_RECORDS
+            name = recorded.tasks()[0]
         mine = recorded.trials[(recorded.trials[S.TASK] == name)
                                & (recorded.trials[S.KIND] == S.SEARCH)]
         seed = int(min(mine[S.SEED]))
         grid_s = float(mine[mine[S.SEED] == seed][S.WALL_S].sum())
-        _RUNS["recorded"] = (recorded, RecordedTask(name, recorded.space(name)), seed, grid_s)
-    return _RUNS["recorded"]
+        task = RecordedTask(name, recorded.space(name), steps=recorded.steps(name),
+                            epochs=recorded.epochs(name))
+        _RUNS[key] = (recorded, task, seed, grid_s, source)
+    return _RUNS[key]
 
 
-REPLAY_RECORDS = "published:cifar10-resnet50"
-
-
-def _replay_run(cls: type[Method], options: dict) -> _ReplayRun:
-    key = _key("replay", cls, options, 0.0)
+def _replay_run(cls: type[Method], options: dict, attempt: int = 1) -> _ReplayRun:
+    key = _key(f"replay{attempt}", cls, options, 0.0)
     if key in _RUNS:
         return _RUNS[key]
     from bench.driver.replay import SimulatedClock, simulate
 
     run = _RUNS[key] = _ReplayRun()
-    recorded, task, seed, grid_s = _recorded()
+    recorded, task, seed, grid_s, run.records = _recorded(prunes(cls, options))
     run.cap_s = grid_s  # what the whole grid cost: ends a method that never finishes
     budget = Budget(workers=2, cap_s=grid_s)
     clock = SimulatedClock()
@@ -207,6 +258,7 @@ def _replay_run(cls: type[Method], options: dict) -> _ReplayRun:
     except Exception as err:  # noqa: BLE001 - reported by the check replays_on_recorded_runs
         run.error = err
     run.rows = campaigns[0].rows if campaigns else []
+    run.reports = campaigns[0].reports if campaigns else []
     return run
 
 
@@ -237,6 +289,10 @@ def check_hooks_raise_nothing(cls, options, cap_s) -> None:
     run = _live_run(cls, options, cap_s)
     if isinstance(run.error, BadSuggestion):  # named by check suggests_inside_the_space
         return
+    if isinstance(run.error, BenchError):  # how start refuses bad options: not a bug
+        raise AssertionError(f"the method refused the options {options}: {run.error} (give "
+                             "check_method options it accepts; certify refusals with "
+                             "bad_options=[...])")
     assert run.error is None, f"a hook of the method raised: {_error_text(run.error)}"
 
 
@@ -307,15 +363,17 @@ def check_learned_sees_no_validation(cls, options, cap_s) -> None:
     assert not any(w.validation_seen_by_learned for w in run.watched), \
         "a learned-hyperparameter method received validation data"
     kinds = {r[S.KIND] for r in run.tuning()}
+    kind = "search" if cls.uses_validation else "learned"
     assert kinds <= ({S.SEARCH} if cls.uses_validation else {S.LEARNED}), \
-        f"trials of kinds {sorted(kinds)} from a {'search' if cls.uses_validation else 'learned'} method"
+        f"trials of kinds {sorted(kinds)} from a {kind} method"
 
 
 def check_replays_on_recorded_runs(cls, options, cap_s) -> None:
     """In replay (``context.discrete``) every suggestion has a recorded run: the method
-    picks each hyperparameter from ``param.grid``. Only for methods ``replayable``."""
+    picks each hyperparameter from ``param.grid``. For search methods (``replayable``); a
+    pruning one replays on recorded per-epoch validation curves and hears them."""
     run = _replay_run(cls, options)
-    assert run.error is None, f"the replay stopped: {_error_text(run.error)}"
+    assert run.error is None, f"the replay on {run.records} stopped: {_error_text(run.error)}"
     tuning = [r for r in run.rows if r[S.KIND] != S.RETRAIN]
     assert tuning, "the method suggested no trial in replay"
     missing = [r for r in tuning if (r[S.ERROR] or "").startswith("no recorded")]
@@ -323,11 +381,77 @@ def check_replays_on_recorded_runs(cls, options, cap_s) -> None:
                          f"e.g. {missing[0][S.ERROR]}: when context.discrete, suggest only "
                          "values of each param.grid")
     assert any(r[S.STATUS] == S.OK for r in tuning), _all_failed(tuning)
+    if prunes(cls, options):  # the records' curves reached on_report
+        assert any(r.get(S.VAL_NLL) is not None for r in run.reports), \
+            f"no replayed epoch report carried val_nll (records {run.records})"
+
+
+def check_is_deterministic(cls, options, cap_s) -> None:
+    """The same seed gives the same suggestions and decisions: the tiny live campaign's
+    journal is restored into a fresh method (what ``bench run --resume`` does: the method
+    hears the same results and must suggest what the journal holds, and decide the same
+    on each epoch report), and a replayable method's replay runs twice."""
+    run = _live_run(cls, options, cap_s)
+    _finished(run)
+    again = _Watched(cls(**options), fail_first_fit=False)
+    try:
+        campaign = _tiny_campaign(again, cap_s)
+        completed = {e["trial"] for e in run.journal if event_kind(e) == Event.COMPLETE}
+        for line in run.journal:
+            campaign.restore(line, completed)
+    except (BenchError, MethodHookError) as err:
+        why = str(err).split(": ", 1)[-1] if isinstance(err, BenchError) else _error_text(err)
+        raise AssertionError(f"asked again with the same seed and results, the method "
+                             f"differs: {why}. {_SEEDED}") from None
+    first = run.watched[0]
+    _same("suggest()", first.suggestions, again.suggestions)
+    _same("on_report()", first.decisions, again.decisions)
+    if replayable(cls):
+        rows = [[(r[S.TRIAL_ID], r[S.CONFIG], r[S.STATUS]) for r in _replay_run(
+            cls, options, attempt).rows if r[S.KIND] != S.RETRAIN] for attempt in (1, 2)]
+        _same("the replayed trials", rows[0], rows[1])
+
+
+_SEEDED = ("Draw every random number from a generator seeded by context.seed, and decide "
+           "only on what the hooks were told: bench run --resume asks the method again")
+
+
+def _same(what: str, first: list, second: list) -> None:
+    for k, (one, two) in enumerate(zip(first, second)):
+        assert one == two, (f"{what} differs between two runs with the same seed, at #{k}: "
+                            f"{one} then {two}. {_SEEDED}")
+    assert len(first) == len(second), \
+        f"{what}: {len(first)} answers, then {len(second)} with the same seed. {_SEEDED}"
+
+
+def check_refuses_bad_options(cls, options, cap_s, bad_options=()) -> None:
+    """Each set of ``bad_options`` is stored by the constructor and refused by ``start``
+    with a one-line ``BenchError`` (what the harness shows the user, exit status 2)."""
+    context = Context.of(TINY_TASK, 0, Budget(workers=1, cap_s=cap_s))
+    for bad in bad_options:
+        try:
+            method = cls(**bad)
+        except Exception as err:  # noqa: BLE001 - named below
+            raise AssertionError(f"the constructor raised for bad options {bad}: "
+                                 f"{type(err).__name__}: {err}; store options as given and "
+                                 "refuse them in start()") from None
+        try:
+            method.start(context)
+        except BenchError as err:
+            assert "\n" not in str(err).strip(), \
+                f"start() refused bad options {bad} in more than one line: {str(err)!r}"
+            continue
+        except Exception as err:  # noqa: BLE001 - named below
+            raise AssertionError(f"start() refused bad options {bad} with "
+                                 f"{type(err).__name__}: {err}; raise BenchError (one line) "
+                                 "for a bad option") from None
+        raise AssertionError(f"start() accepted bad options {bad}: raise BenchError for them")
 
 
 CHECKS: dict[str, Callable] = {
     "is_a_method": check_is_a_method,
     "constructor_stores_options": check_constructor_stores_options,
+    "refuses_bad_options": check_refuses_bad_options,
     "does_not_use_ray": check_does_not_use_ray,
     "hooks_raise_nothing": check_hooks_raise_nothing,
     "writes_no_files": check_writes_no_files,
@@ -337,14 +461,14 @@ CHECKS: dict[str, Callable] = {
     "honours_the_cap": check_honours_the_cap,
     "learned_sees_no_validation": check_learned_sees_no_validation,
     "replays_on_recorded_runs": check_replays_on_recorded_runs,
+    "is_deterministic": check_is_deterministic,
 }
 
 
 def replayable(cls: type[Method]) -> bool:
-    """Whether the replay check applies: learned methods are never replayed, and pruning
-    methods (``reports_validation``) only on records with per-epoch validation metrics (a
-    harness run directory), which the small published table has not."""
-    return cls.uses_validation and not cls.reports_validation
+    """Whether the replay check applies: search methods only (a pruning one on recorded
+    per-epoch validation curves); learned methods are never replayed."""
+    return cls.uses_validation
 
 
 @dataclass(frozen=True)
@@ -355,32 +479,40 @@ class Check:
     method: type
     options: tuple[tuple[str, Any], ...]
     cap_s: float
+    bad_options: tuple[dict, ...] = ()
 
     @property
     def id(self) -> str:
         return f"{getattr(self.method, '__name__', self.method)}-{self.name}"
 
     def __call__(self) -> None:
+        extra = (self.bad_options,) if self.name == "refuses_bad_options" else ()
         try:
-            CHECKS[self.name](self.method, dict(self.options), self.cap_s)
+            CHECKS[self.name](self.method, dict(self.options), self.cap_s, *extra)
         except AssertionError as err:
-            raise AssertionError(f"check {self.name} failed for "
-                                 f"{getattr(self.method, '__name__', self.method)}: {err}") from None
+            who = getattr(self.method, "__name__", self.method)
+            raise AssertionError(f"check {self.name} failed for {who}: {err}") from None
 
 
-def method_checks(cls: type[Method], options: dict | None = None,
-                  cap_s: float = 20.0) -> list[Check]:
+def method_checks(cls: type[Method], options: dict | None = None, cap_s: float = 20.0,
+                  bad_options: list[dict] | None = None) -> list[Check]:
     """The named checks that apply to ``cls`` with ``options``, in order (the first ones
-    are cheap)."""
+    are cheap): the replay only for search methods, ``refuses_bad_options`` only if
+    ``bad_options`` (a list of option sets ``start`` must refuse) are given."""
     items = tuple(sorted((options or {}).items()))
-    return [Check(name, cls, items, cap_s) for name in CHECKS
-            if name != "replays_on_recorded_runs" or replayable(cls)]
+    bad = tuple(dict(b) for b in bad_options or ())
+    return [Check(name, cls, items, cap_s, bad) for name in CHECKS
+            if (name != "replays_on_recorded_runs" or replayable(cls))
+            and (name != "refuses_bad_options" or bad)]
 
 
-def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 20.0) -> dict:
+def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 20.0,
+                 bad_options: list[dict] | None = None) -> dict:
     """Run every check; raise AssertionError from the first that fails (named), else
-    return a summary of the tiny live campaign and the replay."""
-    for check in method_checks(cls, options, cap_s):
+    return a summary of the tiny live campaign and the replay. Each of ``bad_options``
+    (option sets, e.g. ``[{"trials": -1}]``) must be refused with a ``BenchError`` in
+    ``start``."""
+    for check in method_checks(cls, options, cap_s, bad_options):
         check()
     options = dict(options or {})
     run = _live_run(cls, options, cap_s)
@@ -391,20 +523,23 @@ def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 
     if replayable(cls):
         replayed = [r for r in _replay_run(cls, options).rows if r[S.KIND] != S.RETRAIN]
         summary |= {"replayed": len(replayed),
-                    "replayed_ok": sum(r[S.STATUS] == S.OK for r in replayed)}
-    return summary
+                    "replayed_ok": sum(r[S.STATUS] == S.OK for r in replayed),
+                    "replayed_pruned": sum(r[S.STATUS] == S.PRUNED for r in replayed)}
+    return summary | {"bad_options_refused": len(bad_options or ())}
 
 
 def parametrize_with_checks(methods):
-    """A pytest ``parametrize`` mark over every check of every method (a class, or a
-    ``(class, options)`` pair), with ids like ``UniformRandom-some_trials_succeed``::
+    """A pytest ``parametrize`` mark over every check of every method (a class, a
+    ``(class, options)`` pair or a ``(class, options, bad_options)`` triple), with ids like
+    ``UniformRandom-some_trials_succeed``::
 
-        @parametrize_with_checks([(UniformRandom, {"trials": 4})])
+        @parametrize_with_checks([(UniformRandom, {"trials": 4}, [{"trials": 0}])])
         def test_my_method(check):
             check()
     """
     import pytest
 
-    checks = [c for m in methods
-              for c in (method_checks(*m) if isinstance(m, tuple) else method_checks(m))]
+    checks = [c for m in methods for c in (
+        method_checks(m[0], m[1], bad_options=m[2] if len(m) > 2 else None)
+        if isinstance(m, tuple) else method_checks(m))]
     return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])

@@ -1,5 +1,6 @@
 """A pruning plugin: random search that stops a trial whose validation NLL at an epoch
-report is worse than the median of the finished trials' NLL at the same step."""
+report is worse than the median NLL at the same step of the trials it had heard finish
+when it suggested that trial (what it has heard then does not depend on timing)."""
 
 import numpy as np
 
@@ -22,12 +23,14 @@ class MedianStop(Method):
         self.rng_ = np.random.default_rng(context.seed)
         self.left_ = self.trials
         self.curves_ = {}  # running trial -> {step: val_nll}
-        self.finished_ = []  # curves of the trials heard to end ok
+        self.finished_ = []  # curves of the trials heard to end ok, in trial order
+        self.peers_ = {}  # trial -> how many of finished_ had been heard at its suggestion
 
     def suggest(self, trial_id):
         if self.left_ == 0:
             return FINISHED
         self.left_ -= 1
+        self.peers_[trial_id] = len(self.finished_)  # its peers: the trials heard by now
         if self.context_.discrete:  # replaying records: only grid values have a run
             return {p.name: float(self.rng_.choice(p.grid)) for p in self.context_.space}
         return {p.name: float(np.exp(self.rng_.uniform(np.log(p.low), np.log(p.high))))
@@ -39,8 +42,10 @@ class MedianStop(Method):
         if nll is None:
             return False
         self.curves_.setdefault(trial_id, {})[step] = nll
-        # only finished trials are compared with: how far a neighbour got is timing
-        peers = [curve[step] for curve in self.finished_ if step in curve]
+        # compared only with the trials heard when it was suggested: results heard since
+        # (and how far a running neighbour got) depend on how fast parallel trials ran
+        heard = self.finished_[:self.peers_[trial_id]]
+        peers = [curve[step] for curve in heard if step in curve]
         return len(peers) >= self.min_finished and nll > float(np.median(peers))
 
     def on_result(self, result):
