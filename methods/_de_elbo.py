@@ -102,9 +102,10 @@ class DEELBo(LearnedMethod):
         sweep's winner is the run with the lowest objective), ``train_nll`` and
         ``kl_term`` (the two parts of the objective), ``backbone_shift`` = ||m_bb -
         mu0||^2 / D_bb, ``head_sq_norm`` = ||m_head||^2 / D_head, ``d_backbone``,
-        ``d_head``, ``n``, ``objective_samples``, ``stopped_early``, ``precision`` (the
-        task's: ``"bf16"`` autocasts each training step's sampled forward pass and NLL; the
-        KL term and the final objective stay float32), ``wall_s``. Raises
+        ``d_head``, ``n``, ``objective_samples``, ``stopped_early``, ``wall_s``, and
+        ``precision`` when the task's is not float32 (``"bf16"`` autocasts each training
+        step's sampled forward pass and NLL; the KL term and the final objective stay
+        float32). Raises
         ``TrainingDiverged`` if the loss (or the final objective) is not finite.
         """
         from methods._de_elbo_fit import fit_de_elbo  # worker side: the training loop

@@ -174,8 +174,10 @@ def fit_de_elbo(method: DEELBo, data: FitData, config: dict[str, float],
             "head_sq_norm": float(sq_head) / hook.d_head,
             "d_backbone": hook.d_bb, "d_head": hook.d_head, "n": n,
             "objective_samples": method.objective_samples,
-            "stopped_early": result.stopped_early, "precision": task.precision,
+            "stopped_early": result.stopped_early,
             "wall_s": time.perf_counter() - started}
+    if task.precision != "float32":  # the default's records stay as they were
+        info["precision"] = task.precision
     return Fitted(net, objective=objective, info=info, steps_done=result.steps_done,
                   train_s=result.train_s, eval_s=eval_s)
 

@@ -198,9 +198,9 @@ def fit_marglik_method(method: MarglikMethod, data: FitData, config: dict[str, f
         "train_s": run.train_s,
         "final_loss": run.final_loss,
         "n": n,
-        "precision": "float32",
     }
-    if task.precision != "float32":
+    if task.precision != "float32":  # the default's records stay as they were
+        info["precision"] = "float32"
         info["precision_note"] = (f"task precision {task.precision!r} ignored: {method.name} "
                                   "trains and fits in float32")
     return Fitted(net, objective=objective, info=info, steps_done=run.steps_done,
