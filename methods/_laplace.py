@@ -37,12 +37,13 @@ The log marginal likelihood is then laplace-torch's for each block, summed, with
 Defaults (scaled for CPU where marked): diagonal EF curvature (``CurvlinopsEF``, the
 DE-ELBo study's choice; the only one measured practical on EfficientNet-Lite0: GGN
 takes minutes per fit there, and with ``hessian="kron"`` only its final linear layer gets
-Kronecker factors, every convolution being depthwise or a same-padding subclass), ``hyper_steps`` K = 100 and
-``hyper_lr`` = 1.0 (the DE-ELBo study's settings), ``prior_prec_init`` = 1.0
-(laplace-torch's ``marglik_training``), ``keep = "final"``, ``schedule = "late"`` with
-``burnin`` = 0.8 and ``rounds`` = 3 (the online schedule's defaults ``burnin_epochs`` B = 1
-and ``every_epochs`` F = 2 are scaled for CPU; authors F = 1: rounds from epoch 1 feed
-unconverged curvature back into short runs, see ``methods._marglik``). Cost measured here (one thread, N = 100): on EfficientNet-Lite0 at
+Kronecker factors, every convolution being depthwise or a same-padding subclass),
+``hyper_steps`` K = 100 and ``hyper_lr`` = 1.0 (the DE-ELBo study's settings),
+``prior_prec_init`` = 1.0 (laplace-torch's ``marglik_training``), ``keep = "final"``,
+``schedule = "late"`` with ``burnin`` = 0.8 and ``rounds`` = 3 (the online schedule's
+defaults ``burnin_epochs`` B = 1 and ``every_epochs`` F = 2 are scaled for CPU; authors
+F = 1: rounds from epoch 1 feed unconverged curvature back into short runs, see
+``methods._marglik``). Cost measured here (one thread, N = 100): on EfficientNet-Lite0 at
 32 px a round is about 8 s (diag-EF fit 3-4 s, 100 marginal-likelihood steps about 5 s),
 as long as the 30 training steps of the quick suite; on small-cnn at 16 px about 0.7 s.
 ``hessian="kron"`` suits plain conv/linear networks such as small-cnn (fit about 2.4 s
@@ -115,7 +116,8 @@ class LaplaceEstimator:
         if self.hessian != "kron":
             return [(names, self.hessian)]
         kron = kron_parameter_names(groups.net.model)
-        out = [([n for n in names if n in kron], "kron"), ([n for n in names if n not in kron], "diag")]
+        out = [([n for n in names if n in kron], "kron"),
+               ([n for n in names if n not in kron], "diag")]
         return [(ns, h) for ns, h in out if ns]
 
     def fit(self, net: Network, groups: PriorGroups, train: Split) -> list[_Block]:
