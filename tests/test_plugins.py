@@ -337,3 +337,9 @@ def test_networks_fits_and_results_print_short_and_leave_out_unmeasured_metrics(
     result = Result("t0000", {"lr": 0.1}, S.OK, 1.0,
                     {S.TEST_NLL: float("nan"), S.TEST_ACC: 0.5, S.VAL_NLL: None})
     assert result.metrics == {S.TEST_ACC: 0.5}
+
+
+@pytest.mark.parametrize("module", ["median_stop.py", "map_sweep.py"])
+def test_the_docs_show_the_worked_examples_as_they_are_tested(module):
+    code = (EXAMPLE / module).read_text().split('"""', 2)[2].strip("\n")  # past the docstring
+    assert code in (EXAMPLE.parents[1] / "docs" / "plugins.md").read_text()
