@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -191,9 +191,18 @@ class MarglikMethod(LearnedMethod):
     Subclasses set ``name``, store their options in ``__init__`` and build the estimator
     in ``make_estimator()``."""
 
+    #: the initial prior precision of each schedule, where ``prior_prec_init`` is None
+    PRIOR_PREC_INIT: ClassVar[dict[str, float]] = {"late": 1.0, "online": 1.0}
+
     def round_schedule(self) -> RoundSchedule:
         return RoundSchedule(self.schedule, self.burnin, self.rounds, self.burnin_epochs,
                              self.every_epochs)
+
+    def initial_prior_precision(self) -> float:
+        """``prior_prec_init``, or where it is None (unset) the schedule's own."""
+        if self.prior_prec_init is not None:
+            return self.prior_prec_init
+        return self.PRIOR_PREC_INIT[self.schedule]
 
     def check_options(self) -> None:
         check_choice("groups", self.groups, GROUPINGS)
@@ -201,7 +210,8 @@ class MarglikMethod(LearnedMethod):
         self.round_schedule().check()
         require_int("hyper_steps", self.hyper_steps, 1)
         require_positive("hyper_lr", self.hyper_lr)
-        require_positive("prior_prec_init", self.prior_prec_init)
+        if self.prior_prec_init is not None:  # None: the schedule's (PRIOR_PREC_INIT)
+            require_positive("prior_prec_init", self.prior_prec_init)
         self.make_estimator()  # validates the estimator's options
 
     def make_estimator(self) -> Estimator:  # pragma: no cover - abstract

@@ -169,7 +169,7 @@ def fit_marglik_method(method: MarglikMethod, data: FitData, config: dict[str, f
     method.prepare()
     net = data.make_network()
     task = data.task
-    groups = PriorGroups(net, method.groups, method.prior_prec_init,
+    groups = PriorGroups(net, method.groups, method.initial_prior_precision(),
                          centred_at_pretrained(task.regularizer))
     # float32 throughout, whatever the task's precision: the curvature, Jacobians and
     # log-determinants of the marginal likelihood need it, and so does the MAP point

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench.contract.errors import BenchError
 from bench.contract.method import FitData
 from bench.testing import TINY_TASK, check_method
 from bench.zoo.network import Network
@@ -198,14 +199,44 @@ def test_single_output_is_unbiased_for_independent_outputs():
     assert statistics.fmean(singles) == pytest.approx(indep, rel=1e-9)
 
 
-def test_balanced_subsets():
+def test_per_class_subsets():
     y = torch.tensor([0] * 10 + [1] * 10 + [2] * 4)
-    idx = draw_subset(y, 9, True, torch.Generator().manual_seed(0))
+    idx = draw_subset(y, 9, "per-class", torch.Generator().manual_seed(0))
     assert len(idx) == len(set(idx.tolist())) == 9
     assert torch.bincount(y[idx], minlength=3).tolist() == [3, 3, 3]
-    idx = draw_subset(y, 15, True, torch.Generator().manual_seed(0))  # class 2 has only 4
+    idx = draw_subset(y, 15, "per-class", torch.Generator().manual_seed(0))  # class 2: 4
     counts = torch.bincount(y[idx], minlength=3).tolist()
     assert len(set(idx.tolist())) == 15 and counts[2] == 4 and min(counts[:2]) >= 5
+
+
+def test_grouped_subsets_fill_from_as_few_classes_as_they_can():
+    """The authors' GroupedSubsetTensorDataLoader: classes in random order, each taken
+    whole (shuffled) until M points: all but the last class touched are taken whole."""
+    y = torch.tensor([0] * 10 + [1] * 10 + [2] * 4)
+    seen = set()
+    for seed in range(20):
+        idx = draw_subset(y, 12, "grouped", torch.Generator().manual_seed(seed))
+        assert len(idx) == len(set(idx.tolist())) == 12
+        counts = torch.bincount(y[idx], minlength=3)
+        whole = torch.bincount(y, minlength=3)
+        touched = (counts > 0).nonzero().flatten().tolist()
+        assert len(touched) <= 3 and sum(bool(counts[c] == whole[c]) for c in touched) \
+            >= len(touched) - 1
+        seen.add(tuple(counts.tolist()))
+    assert len(seen) > 1  # the class order is random
+    uniform = draw_subset(y, 12, "uniform", torch.Generator().manual_seed(0))
+    assert len(set(uniform.tolist())) == 12
+
+
+def test_ntk_prior_precision_follows_the_schedule_unless_set():
+    assert NTKMarglik().initial_prior_precision() == 1.0  # late: online Laplace's
+    assert NTKMarglik(schedule="online").initial_prior_precision() == 25.0  # the authors'
+    assert NTKMarglik(prior_prec_init=25.0).initial_prior_precision() == 25.0
+    assert NTKMarglik(schedule="online", prior_prec_init=3.0).initial_prior_precision() == 3.0
+    from methods import LaplaceMarglik
+    assert LaplaceMarglik().initial_prior_precision() == 1.0
+    with pytest.raises(BenchError, match="subsets must be one of"):
+        NTKMarglik(subsets="balanced").check_options()
 
 
 # ----------------------------------------------------------------- 4. plugin contract
