@@ -40,3 +40,14 @@ def test_without_cuda_the_check_refuses_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs CUDA" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_each_variant_is_a_suite_the_harness_reads(variant):
+    from bench.driver.suite import parse_suite
+
+    suite = parse_suite(variant_text(BASE, variant, "gpu-quick"), "gpu-quick.toml")
+    assert suite.budget.unit == "gpu" and suite.budget.charge_rate == variant.gpus
+    assert suite.tasks[0].precision == ("bf16" if variant.bf16 else "float32")
+    assert [m.label for m in suite.methods] == (
+        ["grid"] if variant.grid_only else ["grid", "de-elbo", "laplace-marglik", "ntk-marglik"])
