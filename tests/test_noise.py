@@ -379,3 +379,29 @@ def test_the_noisy_suite_reads_with_one_task_per_noise_rate():
     assert len({t.name for t in suite.tasks}) == 3 and len(suite.seeds) == 3
     assert {m.plugin for m in suite.methods} >= {"grid", "tpe", "regsl", "de-elbo",
                                                  "laplace-marglik", "ntk-marglik"}
+
+
+def test_clean_validation_corrupts_only_the_search_splits_training_part():
+    """Li & Zhang copy the validation split before corrupting: with clean_validation (the
+    default with label noise) the search split is drawn on the true labels as without
+    noise, its 20% keep them, and only the 80% are corrupted (floor(rate x 80%) redrawn)."""
+    clean = Task("digits", 200, "small-cnn", image_size=8)
+    noisy = Task("digits", 200, "small-cnn", image_size=8,
+                 label_noise={"kind": "uniform", "rate": 0.5})
+    assert noisy.clean_validation and not clean.clean_validation
+    a, b = clean.load(seed=3), noisy.load(seed=3)
+    (_, ya), (_, va_a) = a.split()
+    (_, yb), (_, va_b) = b.split()
+    assert torch.equal(va_a, va_b)  # the validation labels are the true ones
+    tr, va = b.split_indices
+    assert set(b.flipped.tolist()) <= set(tr.tolist())
+    assert within_binomial(len(b.flipped), int(0.5 * len(tr)), 0.9)  # 10 classes: 9/10 wrong
+    assert not torch.equal(ya, yb)
+    old = Task("digits", 200, "small-cnn", image_size=8, clean_validation=False,
+               label_noise={"kind": "uniform", "rate": 0.5}).load(seed=3)
+    assert old.split_indices is None and not torch.equal(old.split()[1][1], va_a)
+
+
+def test_clean_validation_without_label_noise_is_refused():
+    with pytest.raises(BenchError, match="clean_validation keeps the validation labels"):
+        Task("digits", 200, "small-cnn", clean_validation=True)

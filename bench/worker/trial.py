@@ -28,8 +28,12 @@ def task_data(task: Task, seed: int, device: str = "cpu"):
 
 
 def noise_info(data) -> dict:
-    """How many of the N training labels the task's label noise flipped (if it has any)."""
-    return {} if data.flipped is None else {"label_noise_flipped": len(data.flipped)}
+    """How many of the N training labels the task's label noise made wrong (if it has
+    any), and whether the search split's validation labels were kept clean."""
+    if data.flipped is None:
+        return {}
+    clean = {"label_noise_clean_validation": True} if data.split_indices is not None else {}
+    return {"label_noise_flipped": len(data.flipped)} | clean
 
 
 def trial_device(gpus: float) -> str:

@@ -42,8 +42,13 @@ class Task:
     name: str = ""
     space: tuple[Param, ...] = ()  # overrides of the default search space, by name
     cap_s: float | None = None  # this task's compute cap, instead of the suite budget's
-    #: corrupt the N training labels: ``{ kind = "symmetric" | "pairflip", rate = 0.4 }``
+    #: corrupt the N training labels: ``{ kind = "uniform" | "flip" | "pairflip",
+    #: rate = 0.4 }`` (bench.zoo.noise)
     label_noise: LabelNoise | None = None
+    #: with label noise, corrupt only the search split's 80% and keep the validation 20%'s
+    #: true labels, as Li & Zhang do (default: true whenever label_noise is set); false:
+    #: noise over all N, the validation split noisy too
+    clean_validation: bool | None = None
     #: fine-tune only the last k blocks (and the head): the frozen rest runs once per
     #: seed and its outputs are cached (None: the whole network is trained)
     trainable_blocks: int | None = None
@@ -76,6 +81,12 @@ class Task:
             require_positive("task cap_s", self.cap_s)
         if self.label_noise is not None:
             object.__setattr__(self, "label_noise", LabelNoise.of(self.label_noise))
+        if self.clean_validation is None:
+            object.__setattr__(self, "clean_validation", self.label_noise is not None)
+        require_bool("task clean_validation", self.clean_validation)
+        if self.clean_validation and self.label_noise is None:
+            raise BenchError("task clean_validation keeps the validation labels clean of "
+                             "label_noise, which the task does not set")
         if self.self_labeling is not None:
             object.__setattr__(self, "self_labeling", SelfLabelingConfig.of(self.self_labeling))
         dataset_info(self.dataset)
@@ -150,8 +161,14 @@ class Task:
         if self.test_limit is not None and self.test_limit < len(test_y):
             keep = stratified_indices(test_y, self.test_limit, 0)
             test_x, test_y = test_x[keep], test_y[keep]
-        train_y, flipped = data.train_y[idx], None
-        if self.label_noise is not None:
+        train_y, flipped, split = data.train_y[idx], None, None
+        if self.label_noise is not None and self.clean_validation:
+            # the search split, drawn on the true labels as without noise; only its
+            # training part is corrupted (Li & Zhang copy the validation set first)
+            split = stratified_split(train_y, VAL_FRACTION, seed)
+            train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed,
+                                                        among=split[0])
+        elif self.label_noise is not None:
             train_y, flipped = self.label_noise.corrupt(train_y, data.num_classes, seed)
         if self.preprocess == "study":  # uint8 here; the network's input hook does the rest
             self._check_study_input(data.channels)
@@ -164,7 +181,7 @@ class Task:
         if self.channels_last:  # once per task and seed; moving to a device keeps it
             train_x, test_x = _channels_last(train_x), _channels_last(test_x)
         return TaskData(self, seed, (train_x, train_y), (test_x, test_y), data.num_classes,
-                        flipped=flipped)
+                        flipped=flipped, split_indices=split)
 
     def _check_study_input(self, channels: int) -> None:
         if channels != backbone_info(self.backbone).channels:
@@ -188,7 +205,9 @@ class Task:
 @dataclass(frozen=True, eq=False)
 class TaskData:
     """A task's prepared tensors for one seed: all N training examples and the test set;
-    ``flipped``: indices of the training labels its label noise corrupted (None: no noise)."""
+    ``flipped``: indices of the training labels its label noise corrupted (None: no noise);
+    ``split_indices``: the search split fixed when the data were made (clean validation),
+    else None (drawn on the labels by ``split``)."""
 
     task: Task
     seed: int
@@ -197,6 +216,7 @@ class TaskData:
     num_classes: int
     device: torch.device = torch.device("cpu")
     flipped: torch.Tensor | None = None
+    split_indices: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, device) -> TaskData:
         """The same data on ``device``; networks it makes land there too."""
@@ -204,12 +224,15 @@ class TaskData:
             return self
         moved = [tuple(t.to(device) for t in split) for split in (self.train, self.test)]
         return TaskData(self.task, self.seed, *moved, self.num_classes, torch.device(device),
-                        self.flipped)
+                        self.flipped, self.split_indices)
 
     def split(self, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split]:
         """The stratified train/validation split of the N examples for this seed."""
         x, y = self.train
-        tr, va = stratified_split(y.cpu(), val_fraction, self.seed)
+        if self.split_indices is not None and val_fraction == VAL_FRACTION:
+            tr, va = self.split_indices
+        else:
+            tr, va = stratified_split(y.cpu(), val_fraction, self.seed)
         tr, va = tr.to(y.device), va.to(y.device)
         return (x[tr], y[tr]), (x[va], y[va])
 
