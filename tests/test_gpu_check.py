@@ -51,3 +51,14 @@ def test_each_variant_is_a_suite_the_harness_reads(variant):
     assert suite.tasks[0].precision == ("bf16" if variant.bf16 else "float32")
     assert [m.label for m in suite.methods] == (
         ["grid"] if variant.grid_only else ["grid", "de-elbo", "laplace-marglik", "ntk-marglik"])
+
+
+def test_the_device_script_refuses_bad_arguments_in_one_line(tmp_path):
+    import subprocess
+
+    script = ROOT / "scripts" / "gpu-check.sh"
+    for args, message in (([], "usage"), ([str(tmp_path / "none")], "no wheelhouse"),
+                          ([str(tmp_path), str(tmp_path)], "exists")):
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
