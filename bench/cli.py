@@ -257,7 +257,8 @@ def _cmd_plot(args) -> int:
     from bench.analysis.plots import plot_run
 
     methods = [m for text in args.methods or [] for m in text.split(",") if m] or None
-    for path in plot_run(args.run_dir, methods=methods, band=args.band):
+    for path in plot_run(args.run_dirs, methods=methods, band=args.band, tasks=args.tasks,
+                         out=args.out):
         print(path)
     return 0
 
@@ -265,7 +266,7 @@ def _cmd_plot(args) -> int:
 def _cmd_report(args) -> int:
     from bench.analysis.report import report_run
 
-    print(report_run(args.run_dir))
+    print(report_run(args.run_dirs, out=args.out))
     return 0
 
 
@@ -332,8 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "
-                                    "and .svg)")
-    p.add_argument("run_dir")
+                                    "and .svg; more than 6 tasks: small multiples, 24 panels "
+                                    "a page, tradeoff-2.png, ...), or of several merged")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories of the same tasks, seeds, unit and reference "
+                        "(several: merged into one figure)")
+    p.add_argument("--out", metavar="DIR", help="folder for the figure (default: the first "
+                                                "RUN_DIR)")
+    p.add_argument("--tasks", metavar="PATTERN",
+                   help="only the tasks matching this fnmatch pattern, e.g. 'cifar10-*'")
     p.add_argument("--methods", nargs="+", metavar="LABEL",
                    help="only these methods (labels, space- or comma-separated; default: all)")
     p.add_argument("--band", choices=["ci", "minmax", "none"], default="ci",
@@ -343,18 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="Markdown report of a run directory (test accuracy with "
                                       "intervals, paired differences, compute to target); "
-                                      "printed and written to DIR/report.md")
-    p.add_argument("run_dir")
+                                      "printed and written to DIR/report.md; several "
+                                      "directories: merged into one report")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories of the same tasks, seeds, unit and reference")
+    p.add_argument("--out", metavar="DIR", help="folder for report.md (default: the first "
+                                                "RUN_DIR)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("compare", help="one summary over every task of one or more runs: "
-                                       "normalised score and mean rank at fractions of the "
-                                       "reference's compute, rank figure, critical-difference "
-                                       "diagram (5 tasks or more)")
+                                       "normalised regret and mean rank at fractions of the "
+                                       "reference's compute, anytime figure, performance "
+                                       "profiles, critical-difference diagram (5 tasks or "
+                                       "more)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="runs/compare",
-                   help="folder for compare.md, ranks.png/svg and cd.png/svg (default: "
-                        "runs/compare)")
+                   help="folder for compare.md, anytime.png/svg, profile.png/svg and "
+                        "cd.png/svg (default: runs/compare)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("status", help="where a run stands (running, killed or finished): per "

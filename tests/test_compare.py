@@ -51,20 +51,23 @@ def two_runs(tmp_path):
     return a, b
 
 
-def test_scores_and_ranks_hand_computed(two_runs):
+def test_regrets_and_ranks_hand_computed(two_runs):
     scores = compare_scores(two_runs, fractions=(0.5, 1.0))
     got = scores.set_index(["task", s.METHOD, "fraction"])
-    # A: reference m1 ends at compute 20 -> budgets 10 and 20; finals .7/.65/.4: 0 = .4, 1 = .7
-    assert got.loc[("A:a", "m1", 0.5), "score"] == pytest.approx(1 / 3)
-    assert got.loc[("A:a", "m2", 0.5), "score"] == pytest.approx(2 / 3)
-    assert math.isnan(got.loc[("A:a", "m3", 0.5), "score"])  # no point yet at 10: last
+    # no grid: anchors from all scored runs of the task (one seed)
+    # A: runs .5 .7 .6 .65 .4 -> best .7, median .6; reference m1 ends at 20 -> budgets 10, 20
+    assert set(scores["anchor"]) == {"all runs"}
+    assert got.loc[("A:a", "m1", 0.5), "regret"] == pytest.approx(2)  # .5
+    assert got.loc[("A:a", "m2", 0.5), "regret"] == pytest.approx(1)  # .6
+    assert math.isnan(got.loc[("A:a", "m3", 0.5), "regret"])  # no point yet at 10: last
     assert [got.loc[("A:a", m, 0.5), "rank"] for m in ("m1", "m2", "m3")] == [2, 1, 3]
-    assert [got.loc[("A:a", m, 1.0), "score"] for m in ("m1", "m2", "m3")] == \
-        pytest.approx([1, 2 / 3, 0])
+    assert [got.loc[("A:a", m, 1.0), "regret"] for m in ("m1", "m2", "m3")] == \
+        pytest.approx([0, 1, 3])
     assert [got.loc[("A:a", m, 1.0), "rank"] for m in ("m1", "m2", "m3")] == [1, 2, 3]
-    # B: m1 ends at 10 -> budgets 5 and 10; finals .8 (0) and .9 (1)
-    assert math.isnan(got.loc[("B:a", "m1", 0.5), "score"])
-    assert got.loc[("B:a", "m2", 0.5), "score"] == pytest.approx(1)
+    # B: runs .8 .9 -> best .9, median .85; m1 ends at 10 -> budgets 5 and 10
+    assert math.isnan(got.loc[("B:a", "m1", 0.5), "regret"])
+    assert got.loc[("B:a", "m2", 0.5), "regret"] == pytest.approx(0)
+    assert got.loc[("B:a", "m1", 1.0), "regret"] == pytest.approx(2)
     assert [got.loc[("B:a", m, 1.0), "rank"] for m in ("m1", "m2")] == [2, 1]
     assert set(scores["reference"]) == {"m1"}
 
@@ -75,17 +78,19 @@ def test_compare_writes_table_and_figure(two_runs, tmp_path, capsys):
     text = (out / "compare.md").read_text()
     assert "# Comparison over 2 tasks" in text
     # at the reference's final compute: mean ranks m1 (1 + 2) / 2, m2 (2 + 1) / 2, m3 3;
-    # mean scores m1 (1 + 0) / 2, m2 (2/3 + 1) / 2, m3 0 (1 task)
-    # columns: method, kind, tasks, score @1/16, @1/4, @1, rank @1/16, @1/4, @1
+    # mean regrets m1 (0 + 2) / 2, m2 (1 + 0) / 2, m3 3 (1 task: no interval)
+    # columns: method, kind, tasks, regret @1/16, @1/4, @1, rank @1/16, @1/4, @1
     cells = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")]
-                               for line in text.splitlines() if line.startswith("| m"))}
-    assert [cells["m1"][i] for i in (2, 5, 8)] == ["2", "0.50", "1.50"]
-    assert [cells["m2"][i] for i in (2, 5, 8)] == ["2", "0.83", "1.50"]
-    assert [cells["m3"][i] for i in (2, 5, 8)] == ["1", "0.00", "3.00"]
+                               for line in text.splitlines() if line.startswith("| m"))
+             if len(c) == 9}
+    assert [cells["m1"][i] for i in (2, 5, 8)] == ["2", "1.00 [0.00, 2.00]", "1.50"]
+    assert [cells["m2"][i] for i in (2, 5, 8)] == ["2", "0.50 [0.00, 1.00]", "1.50"]
+    assert [cells["m3"][i] for i in (2, 5, 8)] == ["1", "3.00", "3.00"]
     assert cells["m1"][3] == "–"  # 1/16 of the reference's compute: no point yet
     assert "No Friedman test" in text  # 2 tasks
-    assert sorted(p.name for p in out.iterdir()) == ["compare.md", "ranks.png", "ranks.svg"]
-    assert (out / "ranks.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "anytime.png", "anytime.svg", "compare.md", "profile.png", "profile.svg"]
+    assert (out / "anytime.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(tmp_path / "none")]) == 2
     assert "not a suite run directory" in capsys.readouterr().err
 

@@ -2,49 +2,46 @@
 
 Per task, each method's mean test accuracy over its seeds is read at fixed fractions of the
 reference method's final compute (1/16, 1/4, 1 by default). There it gets a normalised
-score (0 = the worst method's final mean on that task, 1 = the best's; below 0 early on is
-possible) and a rank among the task's methods (1 = best; a method without a mean over all
-its seeds yet ranks last). Over tasks: mean score and mean rank, a figure of the mean rank
-over compute, and, from ``CD_MIN_TASKS`` tasks on, the Friedman test and a critical-
-difference diagram (Nemenyi, alpha = 0.05) of the final ranks (scipy.stats).
+regret (``bench.analysis.regret``: 0 = the task's best configuration, 1 = its median one;
+a task whose range is below 0.5 points is a tie and left out) and a rank among the task's
+methods (1 = best; a method without a mean over all its seeds yet ranks last). Over tasks:
+mean regret with a bootstrap interval over tasks and mean rank; the anytime figure (both
+against the budget), performance profiles at the full budget and, from ``CD_MIN_TASKS``
+tasks on, the Friedman test and a critical-difference diagram (Nemenyi, alpha = 0.05) of
+the final ranks (scipy.stats).
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy import stats
 
+from bench.analysis.compare_plots import frac, plot_anytime, plot_cd, plot_profile
 from bench.analysis.curves import anytime_curves, final_points, mean_at, method_kinds
-from bench.analysis.plots import PALETTE, _save_atomic, plain_number
+from bench.analysis.regret import (PROFILE_TAUS, TIE_FLOOR, mean_over_tasks,
+                                   performance_profile, task_anchors)
 from bench.contract.errors import BenchError
-from bench.contract.schema import COMPUTE_S, LEARNED, METHOD, TASK, TEST_ACC
-from bench.records.rundir import load_run
+from bench.contract.schema import COMPUTE_S, METHOD, TASK, TEST_ACC
+from bench.records.rundir import load_run, read_metadata
 from bench.records.tables import check_writable, write_text
 
 FRACTIONS = (1 / 16, 1 / 4, 1.0)
-CURVE_FRACTIONS = np.geomspace(1 / 64, 1.0, 25)  # the rank-over-compute figure's x
+CURVE_FRACTIONS = np.geomspace(1 / 64, 1.0, 25)  # the anytime figure's x
 CD_MIN_TASKS = 5
 ALPHA = 0.05
-SCORE_COLUMNS = ["task", "run", "reference", "spread", METHOD, "kind", "fraction", "compute_s",
-                 "acc", "score", "rank"]
+SCORE_COLUMNS = ["task", "run", "reference", "anchor", "best", "low", METHOD, "kind",
+                 "fraction", "compute_s", "acc", "regret", "rank"]
 
 
-def _frac(f: float) -> str:
-    return str(Fraction(f).limit_denominator(1000))
-
-
-def _task_scores(task_key, run, curves, reference, kinds, fractions) -> list[dict]:
+def _task_scores(task_key, run, curves, task_trials, reference, kinds, fractions,
+                 record_sets) -> list[dict]:
     finals = final_points(curves).droplevel(TASK)
-    final_mean = finals[TEST_ACC].groupby(level=METHOD).mean()
-    if reference not in final_mean.index:
-        reference = final_mean.idxmax()  # as the report does for a task without it
-    worst, best = final_mean.min(), final_mean.max()
+    if reference not in set(finals.index.get_level_values(METHOD)):
+        reference = finals.groupby(level=METHOD)[TEST_ACC].mean().idxmax()  # as report
+    anchors = task_anchors(curves[TASK].iloc[0], task_trials, record_sets)
     ref_compute = finals.loc[reference, COMPUTE_S].mean()
     xs = ref_compute * np.asarray(fractions, dtype=float)
     acc = pd.DataFrame({m: mean_at(g, xs) for m, g in curves.groupby(METHOD, sort=True)},
@@ -53,12 +50,11 @@ def _task_scores(task_key, run, curves, reference, kinds, fractions) -> list[dic
     rows = []
     for f, x in zip(fractions, xs):
         for m in acc.columns:
-            a = acc.loc[f, m]
-            score = (a - worst) / (best - worst) if best > worst else (1.0 if a >= best else 0.0)
             rows.append({"task": task_key, "run": run, "reference": reference,
-                         "spread": best - worst, METHOD: m,
-                         "kind": kinds.get(m, "search"), "fraction": f, "compute_s": x,
-                         "acc": a, "score": score if pd.notna(a) else np.nan,
+                         "anchor": anchors.source, "best": anchors.best, "low": anchors.low,
+                         METHOD: m, "kind": kinds.get(m, "search"), "fraction": f,
+                         "compute_s": x, "acc": acc.loc[f, m],
+                         "regret": float(anchors.regret(acc.loc[f, m])),
                          "rank": ranks.loc[f, m]})
     return rows
 
@@ -103,18 +99,20 @@ def compare_scores(run_dirs, fractions=FRACTIONS) -> pd.DataFrame:
     for label, run_dir in zip(run_labels(run_dirs), run_dirs):
         trials, info = load_run(run_dir)
         units[label] = info.unit
-        loaded.append((label, anytime_curves(trials), info.reference,
-                       method_kinds(trials)))
+        records = str(read_metadata(run_dir).get("records") or "").split(",")
+        loaded.append((label, trials, anytime_curves(trials), info.reference,
+                       method_kinds(trials), records))
     unit = compare_unit(units)
     seen: dict[str, int] = {}
-    for _, curves, _, _ in loaded:
+    for _, _, curves, _, _, _ in loaded:
         for task in set(curves[TASK]):
             seen[task] = seen.get(task, 0) + 1
     rows = []
-    for run, curves, reference, kinds in loaded:
+    for run, trials, curves, reference, kinds, records in loaded:
         for task, tc in curves.groupby(TASK, sort=True):
             key = task if seen[task] == 1 else f"{run}:{task}"
-            rows += _task_scores(key, run, tc, reference, kinds, fractions)
+            rows += _task_scores(key, run, tc, trials[trials[TASK] == task], reference,
+                                 kinds, fractions, records)
     if not rows:
         raise BenchError("compare: no task has a scored point in " + ", ".join(map(str, run_dirs)))
     scores = pd.DataFrame(rows, columns=SCORE_COLUMNS)
@@ -153,48 +151,106 @@ def friedman_nemenyi(scores: pd.DataFrame) -> dict | None:
             "mean_rank": ranks.mean().sort_values()}
 
 
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, fraction): mean regret over the non-tie tasks with a value, its 95%
+    bootstrap interval over tasks and count; mean rank over all the method's tasks with its
+    interval; ``tasks`` the method's tasks, ``regret_tasks`` its non-tie tasks."""
+    rows = []
+    for (m, f), g in scores.groupby([METHOD, "fraction"], sort=True):
+        regret, r_low, r_high, n = mean_over_tasks(g["regret"])
+        rank, k_low, k_high, _ = mean_over_tasks(g["rank"])
+        rows.append({METHOD: m, "fraction": f, "kind": g["kind"].iloc[0],
+                     "tasks": g["task"].nunique(),
+                     "regret_tasks": int((g["best"] - g["low"] >= TIE_FLOOR).sum()),
+                     "regret": regret, "regret_low": r_low, "regret_high": r_high,
+                     "regret_n": n, "rank": rank, "rank_low": k_low, "rank_high": k_high})
+    return pd.DataFrame(rows)
+
+
+def _interval(mean, low, high) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f}" + ("" if pd.isna(low) else f" [{low:.2f}, {high:.2f}]")
+
+
+def final_profile(scores: pd.DataFrame, taus=PROFILE_TAUS) -> pd.DataFrame:
+    """The performance profile at the full budget (``bench.analysis.regret``)."""
+    final = scores[scores["fraction"] == scores["fraction"].max()]
+    return performance_profile(final.pivot(index="task", columns=METHOD, values="regret"),
+                               taus)
+
+
+def _profile_tasks(scores: pd.DataFrame) -> dict:
+    final = scores[scores["fraction"] == scores["fraction"].max()]
+    return final.groupby(METHOD)["regret"].count().to_dict()
+
+
 def compare_markdown(scores: pd.DataFrame, test: dict | None, runs, unit: str = "") -> str:
     fractions = sorted(set(scores["fraction"]))
     tasks = list(dict.fromkeys(scores["task"]))
-    summary = scores.groupby([METHOD, "fraction"]).agg(
-        score=("score", "mean"), rank=("rank", "mean"), tasks=("task", "nunique"),
-        scored=("score", "count")).reset_index()
+    per_task = scores.drop_duplicates("task").set_index("task")
+    ties = [t for t in tasks if not per_task.loc[t, "best"] - per_task.loc[t, "low"]
+            >= TIE_FLOOR]
+    summary = summarise(scores)
+    order = list(summary[summary["fraction"] == fractions[-1]].sort_values("rank")[METHOD])
+    sources = per_task["anchor"].value_counts()
     lines = [f"# Comparison over {len(tasks)} tasks", "",
              "Runs: " + ", ".join(f"`{r}`" for r in runs) + ".", "",
              "Budgets are fractions of each task's reference method's final compute (mean "
-             f"over its seeds{'; compute in ' + unit if unit else ''}). Score: the method's "
-             "mean test accuracy over all its seeds at that budget, normalised per task (0 = the worst method's final mean, 1 = the "
-             "best's). Rank among the task's methods, 1 = best; a method without a mean over "
-             "all its seeds at that budget ranks last and has no score (score columns average "
-             "over the tasks that have one: n/N when some lack it).", "",
-             "| method | kind | tasks | " + " | ".join(f"score @{_frac(f)}" for f in fractions)
-             + " | " + " | ".join(f"rank @{_frac(f)}" for f in fractions) + " |",
+             f"over its seeds{'; compute in ' + unit if unit else ''}). Regret: normalised "
+             "per task, (best - acc) / (best - median), where acc is the method's mean test "
+             "accuracy over all its seeds at that budget, best and median the task's best "
+             "and median configuration (on each seed, averaged over seeds) from its "
+             "configuration table where it has one, else from all its runs "
+             "(docs/methods.md#normalised-regret): 0 = the best configuration, 1 = a median "
+             f"one. Tasks whose best and median lie less than {100 * TIE_FLOOR:g} points "
+             "apart are ties: no regret, left out of the means. Mean over tasks with a 95% "
+             "bootstrap interval over tasks (percentile); n/N where some of the method's "
+             "N non-tie tasks have no mean over all its seeds at that budget. Rank among the "
+             "task's methods, 1 = best, over all its tasks; a method without a mean over all "
+             "its seeds at that budget ranks last.", "",
+             "Anchors: " + ", ".join(f"{n} task{'s' if n > 1 else ''} from the {src}"
+                                     for src, n in sources.items()) + "; "
+             + (f"{len(ties)} tie{'s' if len(ties) > 1 else ''} left out of the regret "
+                f"means ({', '.join(ties)})." if ties else "no ties."), "",
+             "| method | kind | tasks | " + " | ".join(f"regret @{frac(f)}" for f in fractions)
+             + " | " + " | ".join(f"rank @{frac(f)}" for f in fractions) + " |",
              "|---|---|---:|" + "---:|" * (2 * len(fractions))]
-    kinds = scores.groupby(METHOD)["kind"].first()
-    order = summary[summary["fraction"] == fractions[-1]].sort_values("rank")[METHOD]
     for m in order:
         s = summary[summary[METHOD] == m].set_index("fraction")
         cells = []
         for f in fractions:
-            sc = s.loc[f]
-            cell = "–" if pd.isna(sc["score"]) else f"{sc['score']:.2f}"
-            cells.append(cell + (f" ({int(sc['scored'])}/{int(sc['tasks'])})"
-                                 if sc["scored"] < sc["tasks"] and sc["scored"] else ""))
+            r = s.loc[f]
+            cells.append(_interval(r["regret"], r["regret_low"], r["regret_high"])
+                         + (f" ({int(r['regret_n'])}/{int(r['regret_tasks'])})"
+                            if 0 < r["regret_n"] < r["regret_tasks"] else ""))
         cells += [f"{s.loc[f, 'rank']:.2f}" for f in fractions]
-        lines.append(f"| {m} | {kinds[m]} | {int(s['tasks'].max())} | " + " | ".join(cells) + " |")
-    lines += ["", "Per task: normalised score at " + ", ".join(_frac(f) for f in fractions)
-              + " of the reference's final compute.", "",
-              "Spread: best minus worst final mean (points); where it is small, scores are "
-              "large and unstable.", "",
-              "| task | reference | spread (pp) | " + " | ".join(order) + " |",
-              "|---|---|---:|" + "---:|" * len(order)]
+        lines.append(f"| {m} | {s['kind'].iloc[0]} | {int(s['tasks'].max())} | "
+                     + " | ".join(cells) + " |")
+    profile = final_profile(scores)
+    lines += ["", f"Performance profile at the full budget (Dolan and Moré 2002, on "
+              "normalised regret): the share of a method's non-tie tasks on which its regret "
+              "is within tau of the best method's on that task (profile.png).", "",
+              "| method | tasks | " + " | ".join(f"tau = {t:g}" for t in profile.index)
+              + " |", "|---|---:|" + "---:|" * len(profile.index)]
+    counts = _profile_tasks(scores)
+    for m in order:
+        lines.append(f"| {m} | {counts.get(m, 0)} | " + " | ".join(
+            "–" if pd.isna(v) else f"{v:.2f}" for v in profile[m]) + " |")
+    lines += ["", "Per task: normalised regret at " + ", ".join(frac(f) for f in fractions)
+              + " of the reference's final compute; best and median in percent.", "",
+              "| task | reference | anchors from | best (%) | median (%) | " + " | ".join(order)
+              + " |", "|---|---|---|---:|---:|" + "---:|" * len(order)]
     for task in tasks:
         t = scores[scores["task"] == task]
+        head = per_task.loc[task]
         cells = []
         for m in order:
-            v = t[t[METHOD] == m].sort_values("fraction")["score"]
-            cells.append(" / ".join("–" if pd.isna(x) else f"{x:.2f}" for x in v) or "")
-        lines.append(f"| {task} | {t['reference'].iloc[0]} | {100 * t['spread'].iloc[0]:.2f} | "
+            v = t[t[METHOD] == m].sort_values("fraction")["regret"]
+            cells.append("tie" if task in ties and len(v) else
+                         " / ".join("–" if pd.isna(x) else f"{x:.2f}" for x in v))
+        lines.append(f"| {task} | {head['reference']} | {head['anchor']} | "
+                     f"{100 * head['best']:.2f} | {100 * head['low']:.2f} | "
                      + " | ".join(cells) + " |")
     lines.append("")
     if test is None:
@@ -208,76 +264,9 @@ def compare_markdown(scores: pd.DataFrame, test: dict | None, runs, unit: str = 
     return "\n".join(lines) + "\n"
 
 
-def plot_ranks(scores: pd.DataFrame, out_stem: Path) -> list[Path]:
-    """Mean rank over tasks against the fraction of the reference's final compute."""
-    fig = Figure(figsize=(7.5, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ranks = scores.groupby([METHOD, "fraction"])["rank"].mean().unstack(METHOD)
-    kinds = scores.groupby(METHOD)["kind"].first()
-    for i, m in enumerate(ranks.columns):
-        ax.plot(ranks.index, ranks[m], color=PALETTE[i % len(PALETTE)], lw=1.8,
-                ls="--" if kinds[m] == LEARNED else "-",
-                label=m + (" (learned)" if kinds[m] == LEARNED else ""))
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(lambda x, _: _frac(x) if x < 1 else plain_number(x))
-    ax.set_xticks([f for f in (1 / 64, 1 / 16, 1 / 4, 1) if ranks.index.min() <= f])
-    ax.invert_yaxis()
-    ax.set_xlabel("budget (fraction of the reference method's final compute, per task)")
-    ax.set_ylabel("mean rank over the tasks that ran it (1 = best)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out_stem)
-
-
-def plot_cd(test: dict, out_stem: Path) -> list[Path]:
-    """Critical-difference diagram: methods on a rank axis; a bar joins methods whose mean
-    ranks differ by less than the critical difference (no significant difference)."""
-    ranks = test["mean_rank"]
-    k, cd = len(ranks), test["cd"]
-    fig = Figure(figsize=(7.5, 1.2 + 0.28 * k))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(1.5 + 0.5 * ((k + 1) // 2), -1.6)
-    ax.axis("off")
-    ax.plot([1, k], [0, 0], color="black", lw=1)
-    for r in range(1, k + 1):
-        ax.plot([r, r], [-0.12, 0.12], color="black", lw=1)
-        ax.text(r, -0.3, str(r), ha="center", va="bottom", fontsize=8)
-    ax.plot([1, 1 + cd], [-1.1, -1.1], color="black", lw=1.5)
-    ax.text(1 + cd / 2, -1.25, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
-    half = (k + 1) // 2
-    for i, (m, r) in enumerate(ranks.items()):
-        left = i < half
-        y = 1 + (i if left else k - 1 - i) * 0.5
-        x_text = 0.6 if left else k + 0.4
-        ax.plot([r, r, x_text], [0, y, y], color="black", lw=0.8)
-        ax.text(x_text, y, f"{m} ({r:.2f})", ha="left" if not left else "right", va="center",
-                fontsize=8, clip_on=False)
-    values = ranks.to_numpy()
-    groups, level = [], 0
-    for i in range(k):
-        j = max(j for j in range(i, k) if values[j] - values[i] < cd)
-        if j > i and not any(a <= i and j <= b for a, b in groups):
-            groups.append((i, j))
-    for a, b in groups:
-        y = 0.35 + 0.18 * level
-        ax.plot([values[a] - 0.03, values[b] + 0.03], [y, y], color="black", lw=3)
-        level += 1
-    return _save(fig, out_stem)
-
-
-def _save(fig: Figure, out_stem: Path) -> list[Path]:
-    fig.tight_layout()
-    paths = [out_stem.with_name(out_stem.name + ext) for ext in (".png", ".svg")]
-    for path in paths:
-        _save_atomic(fig, path)
-    return paths
-
-
 def compare_runs(run_dirs, out: str | Path) -> tuple[str, list[Path]]:
-    """Write compare.md, ranks.png/svg and (enough tasks) cd.png/svg into ``out``."""
+    """Write compare.md, anytime.png/svg, profile.png/svg and (enough tasks) cd.png/svg
+    into ``out``."""
     if not run_dirs:
         raise BenchError("compare: name at least one run directory")
     check_out_dir(out)
@@ -288,7 +277,9 @@ def compare_runs(run_dirs, out: str | Path) -> tuple[str, list[Path]]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.md", text)
-    paths = [out / "compare.md", *plot_ranks(scores, out / "ranks")]
+    paths = [out / "compare.md", *plot_anytime(summarise(scores), out / "anytime"),
+             *plot_profile(final_profile(table, np.linspace(0, 2, 201)), out / "profile",
+                           _profile_tasks(table))]
     if test is not None:
         paths += plot_cd(test, out / "cd")
     return text, paths

@@ -1,12 +1,14 @@
 """The accuracy-vs-compute trade-off figure of a run (docs/methods.md#anytime-curves).
 
-One row per task; search methods and learned methods in two panels side by side (the
-reference drawn in both), the same colour for a method everywhere, the legend and a caption
-that defines the band outside the panels, plain tick labels in the records' own unit.
+One row per task, or small multiples (pages of at most 24 panels, 6 a row) for more than
+6 tasks; search methods and learned methods in separate panels (the reference drawn in
+both), the same colour for a method everywhere, the legend and a caption that defines the
+band outside the panels, plain tick labels in the records' own unit.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import textwrap
 from pathlib import Path
@@ -26,13 +28,16 @@ from bench.analysis.stats import CONFIDENCE, RESAMPLES
 from bench.contract.errors import BenchError
 from bench.contract.schema import (COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK,
                                    TEST_ACC)
-from bench.records.rundir import GRID_PLUGIN, default_reference, load_run
-from bench.records.tables import atomic_write, check_writable
+from bench.records.rundir import GRID_PLUGIN, default_reference
+from bench.records.tables import atomic_write
 
 DPI = 160
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, grey last
-PANEL = (5.4, 3.7)  # inches per panel
+PANEL = (5.4, 3.7)  # inches per panel, one row per task
+GRID_PANEL = (3.6, 2.7)  # inches per panel of the small multiples (> MAX_COLUMNS tasks)
+MAX_COLUMNS = 6
+PAGE_PANELS = 24
 BAND_LABEL = {"ci": f"{round(100 * CONFIDENCE)}% interval of the mean",
               "minmax": "lowest to highest seed", "none": ""}
 BAND_TEXT = {
@@ -136,11 +141,77 @@ def _legend(fig, colors: dict, kinds: dict, seeds: dict, extras: dict) -> None:
                frameon=False)
 
 
+def _draw_task(ax, task: str, kind: str, c: dict, extras: dict, grid: bool) -> None:
+    """One panel: one task's methods of one kind (search or learned)."""
+    task_agg, shown, kinds, reference = c["agg"][c["agg"][TASK] == task], c["shown"], \
+        c["kinds"], c["reference"]
+    finals = c["finals"]
+    ref_final = (finals.loc[(task, reference)][TEST_ACC].mean()
+                 if finals is not None and (task, reference) in finals.index.droplevel(2)
+                 else None)
+    mine = [m for m in shown if kinds[m] == kind]
+    rows = task_agg[task_agg[METHOD].isin(mine)]
+    title = task if len(c["columns"]) == 1 else \
+        f"{task}: {'search' if kind == 'search' else 'learned'}{'' if grid else ' methods'}"
+    _panel(ax, rows, c["colors"], c["band"], title)
+    if grid:
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+    if kind == LEARNED and reference in shown and reference not in mine:
+        ref = task_agg[task_agg[METHOD] == reference]
+        for _, g in ref.groupby(METHOD):
+            _draw_method(ax, g, c["colors"][reference], "none", width=1.0)
+    if kind == LEARNED and finals is not None:
+        oracle = c["oracle"]
+        task_oracle = oracle.xs(task, level=TASK) if task in oracle.index.get_level_values(
+            TASK) else pd.Series(dtype=float)
+        _learned_marks(ax, finals.xs(task, level=TASK), task_oracle.groupby(METHOD).mean()
+                       if len(task_oracle) else task_oracle, mine, c["colors"])
+    boot = c["boot"]
+    if kind == "search" and boot is not None and not boot[boot[TASK] == task].empty:
+        b = boot[boot[TASK] == task]
+        ax.plot(b[COMPUTE_S], 100 * b["mean"], color="black", lw=1, ls=(0, (1, 1.5)))
+        extras["boot"] = True
+    if rows.empty and not (kind == LEARNED and reference in shown):
+        ax.text(0.5, 0.5, "no scored point yet", ha="center", transform=ax.transAxes)
+    if ref_final is not None:
+        ax.axhline(100 * (ref_final - TOLERANCE), color="black", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    caps = c["caps"]
+    if task in caps and lo <= caps[task] <= hi * 1.5:
+        ax.axvline(caps[task], color="firebrick", lw=0.8, ls="-.")
+        extras["cap"] = True
+    _log_axis(ax)
+
+
+def page_paths(out_stem: Path, page: int) -> list[Path]:
+    """Page 1 is ``out_stem``.png/.svg, page k ``out_stem``-k.png/.svg."""
+    name = out_stem.name if page == 1 else f"{out_stem.name}-{page}"
+    return [out_stem.with_name(name + ext) for ext in (".png", ".svg")]
+
+
+def _select_tasks(trials: pd.DataFrame, pattern: str | None) -> list[str]:
+    tasks = sorted(set(trials[TASK]))
+    if pattern is None:
+        return tasks
+    chosen = [t for t in tasks if fnmatch.fnmatchcase(t, pattern)]
+    if not chosen:
+        raise BenchError(f"plot: no task matches --tasks {pattern!r}; the tasks are "
+                         + ", ".join(tasks[:6]) + (f" and {len(tasks) - 6} more"
+                                                  if len(tasks) > 6 else ""))
+    return chosen
+
+
 def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None = None,
                   unit: str = "resource-seconds", caps: dict | None = None,
-                  methods: list[str] | None = None, band: str = "ci") -> list[Path]:
-    """One row per task so methods are compared only under the same budget; search and
-    learned methods in separate panels. Writes ``out_stem``.png and .svg; returns them."""
+                  methods: list[str] | None = None, band: str = "ci",
+                  tasks: str | None = None) -> list[Path]:
+    """Per task, search and learned methods in separate panels, so methods are compared only
+    under the same budget. Up to ``MAX_COLUMNS`` tasks: one row per task; more: small
+    multiples, at most ``MAX_COLUMNS`` panels a row and ``PAGE_PANELS`` a page, one figure
+    per page with its own legend. ``tasks``: an fnmatch pattern of the tasks to draw.
+    Writes ``out_stem``.png and .svg (more pages: ``out_stem``-2.png, ...); returns them."""
     if band not in BANDS:
         raise BenchError(f"plot: band must be one of {', '.join(BANDS)}, got {band!r}")
     reference = reference or default_reference(trials)
@@ -149,15 +220,14 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     if unknown:
         raise BenchError(f"plot: no method {unknown[0]!r} in the records; they have: "
                          f"{', '.join(known)}")
+    task_list = _select_tasks(trials, tasks)
+    trials = trials[trials[TASK].isin(task_list)]
     shown = [m for m in known if not methods or m in methods]
     kinds = method_kinds(trials)
+    kinds.update({m: "search" for m in known if m not in kinds})
     curves = anytime_curves(trials)
     agg = (aggregate_curves(curves, band="minmax" if band == "none" else band) if len(curves)
            else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored yet: empty panels
-    finals = final_points(curves) if not curves.empty else None
-    oracle = sweep_best(trials)
-    palette = list(PALETTE)
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(known) if m in shown}
     boot = None
     ref_plugins = (trials.loc[trials[METHOD] == reference, PLUGIN].dropna() if PLUGIN in trials
                    else pd.Series(dtype=object))
@@ -166,55 +236,45 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     if ref_is_grid and reference in set(curves[METHOD]) and reference in shown:
         boot = grid_bootstrap(trials, method=reference)
         boot = boot[boot["complete"].astype(bool)]  # exact only if every config was retrained
-    tasks = sorted(set(trials[TASK]))
     columns = [k for k in ("search", LEARNED) if any(kinds[m] == k for m in shown)] or ["search"]
-    fig = Figure(figsize=(PANEL[0] * len(columns), PANEL[1] * len(tasks)))
-    FigureCanvasAgg(fig)
-    caps = caps or {}
-    extras = {"band": BAND_LABEL[band],
-              "learned": LEARNED in columns}
-    for row, task in enumerate(tasks):
-        task_agg = agg[agg[TASK] == task]
-        ref_final = (finals.loc[(task, reference)][TEST_ACC].mean()
-                     if finals is not None and (task, reference) in finals.index.droplevel(2)
-                     else None)
-        axes = []
-        for col, kind in enumerate(columns):
-            ax = fig.add_subplot(len(tasks), len(columns), row * len(columns) + col + 1,
-                                 sharey=axes[0] if axes else None)
-            axes.append(ax)
-            mine = [m for m in shown if kinds[m] == kind]
-            rows = task_agg[task_agg[METHOD].isin(mine)]
-            title = f"{task}: {'search' if kind == 'search' else 'learned'} methods"
-            _panel(ax, rows, colors, band, title)
-            if kind == LEARNED and reference in shown and reference not in mine:
-                ref = task_agg[task_agg[METHOD] == reference]
-                for _, g in ref.groupby(METHOD):
-                    _draw_method(ax, g, colors[reference], "none", width=1.0)
-            if kind == LEARNED and finals is not None:
-                task_oracle = oracle.xs(task, level=TASK) if task in oracle.index.get_level_values(
-                    TASK) else pd.Series(dtype=float)
-                _learned_marks(ax, finals.xs(task, level=TASK), task_oracle.groupby(METHOD).mean()
-                               if len(task_oracle) else task_oracle, mine, colors)
-            if kind == "search" and boot is not None and not boot[boot[TASK] == task].empty:
-                b = boot[boot[TASK] == task]
-                ax.plot(b[COMPUTE_S], 100 * b["mean"], color="black", lw=1, ls=(0, (1, 1.5)))
-                extras["boot"] = True
-            if rows.empty and not (kind == LEARNED and reference in shown):
-                ax.text(0.5, 0.5, "no scored point yet", ha="center", transform=ax.transAxes)
-            if ref_final is not None:
-                ax.axhline(100 * (ref_final - TOLERANCE), color="black", lw=0.8, ls="--")
-            ax.set_xscale("log")
-            lo, hi = ax.get_xlim()
-            if task in caps and lo <= caps[task] <= hi * 1.5:
-                ax.axvline(caps[task], color="firebrick", lw=0.8, ls="-.")
-                extras["cap"] = True
-            _log_axis(ax)
-            ax.set_xlabel(f"compute ({unit})", fontsize=9)
-            if col == 0:
-                ax.set_ylabel("balanced test accuracy (%)", fontsize=9)
-    _legend(fig, colors, kinds, trials.groupby(METHOD)[SEED].nunique().to_dict(), extras)
-    fig.tight_layout()
+    c = {"agg": agg, "shown": shown, "kinds": kinds, "reference": reference, "band": band,
+         "finals": final_points(curves) if not curves.empty else None,
+         "oracle": sweep_best(trials), "boot": boot, "caps": caps or {}, "columns": columns,
+         "colors": {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(known) if m in shown}}
+    panels = [(task, kind) for task in task_list for kind in columns]
+    grid = len(task_list) > MAX_COLUMNS
+    ncols = MAX_COLUMNS if grid else len(columns)
+    per_page = PAGE_PANELS if grid else len(panels)
+    size = GRID_PANEL if grid else PANEL
+    seeds = trials.groupby(METHOD)[SEED].nunique().to_dict()
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    pages = [panels[i:i + per_page] for i in range(0, len(panels), per_page)]
+    for number, page in enumerate(pages, start=1):
+        nrows = -(-len(page) // ncols)
+        fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+        FigureCanvasAgg(fig)
+        extras = {"band": BAND_LABEL[band], "learned": LEARNED in columns}
+        axes = {}
+        for i, (task, kind) in enumerate(page):
+            ax = fig.add_subplot(nrows, ncols, i + 1, sharey=axes.get(task))
+            axes.setdefault(task, ax)
+            _draw_task(ax, task, kind, c, extras, grid)
+            ax.set_xlabel(f"compute ({unit})", fontsize=7 if grid else 9)
+            if i % ncols == 0:
+                ax.set_ylabel("balanced test accuracy (%)", fontsize=7 if grid else 9)
+        _legend(fig, c["colors"], kinds, seeds, extras)
+        fig.tight_layout()
+        _caption(fig, reference, band, extras, size[0] * ncols)
+        for path in page_paths(out_stem, number):
+            _save_atomic(fig, path)
+            paths.append(path)
+    _remove_stale_pages(out_stem, len(pages))
+    return paths
+
+
+def _caption(fig, reference, band: str, extras: dict, width_in: float) -> None:
     target = (f"target: the reference ({reference})'s final mean minus {100 * TOLERANCE:g} "
               "point" if reference else "no reference method, no target")
     caption = (f"Lines: mean over seeds of the test accuracy of what each method holds "
@@ -228,20 +288,29 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
                + (" Star: where each learned method's selected run lands (mean over seeds); "
                   "circle: the best run of its sweep by test accuracy." if extras["learned"]
                   else ""))
-    fig.text(0.01, 0.0, "\n".join(textwrap.wrap(caption, 60 + 75 * len(columns))), va="top",
+    fig.text(0.01, 0.0, "\n".join(textwrap.wrap(caption, int(14 * width_in))), va="top",
              ha="left", fontsize=8)
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_name(out_stem.name + ext) for ext in (".png", ".svg")]
-    for path in paths:
-        _save_atomic(fig, path)
-    return paths
 
 
-def plot_run(run_dir: str | Path, methods: list[str] | None = None,
-             band: str = "ci") -> list[Path]:
-    """The figure of a run directory, with its reference, unit and caps."""
-    trials, info = load_run(run_dir)
-    check_writable(run_dir, f"{PLOT_STEM}.png")  # refused before the drawing, not after
-    return plot_tradeoff(trials, Path(run_dir) / PLOT_STEM, reference=info.reference,
-                         unit=info.unit, caps=info.caps, methods=methods, band=band)
+def _remove_stale_pages(out_stem: Path, pages: int) -> None:
+    """Pages an earlier, longer figure left behind would pass for part of this one."""
+    page = pages + 1
+    while any(p.exists() for p in page_paths(out_stem, page)):
+        for path in page_paths(out_stem, page):
+            path.unlink(missing_ok=True)
+        page += 1
+
+
+def plot_run(run_dirs, methods: list[str] | None = None, band: str = "ci",
+             tasks: str | None = None, out: str | Path | None = None) -> list[Path]:
+    """The figure of a run directory, or of several merged (``bench.analysis.merge``), with
+    its reference, unit and caps; written into ``out``, else the first directory."""
+    from bench.analysis.merge import load_runs, output_dir
+
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    merged = load_runs(run_dirs, "plot")
+    target = output_dir(run_dirs, out, "plot", f"{PLOT_STEM}.png")  # before the drawing
+    _select_tasks(merged.trials, tasks)
+    return plot_tradeoff(merged.trials, target / PLOT_STEM, reference=merged.info.reference,
+                         unit=merged.info.unit, caps=merged.info.caps, methods=methods,
+                         band=band, tasks=tasks)

@@ -14,8 +14,8 @@ from bench.analysis.stats import (CONFIDENCE, RESAMPLES, WILCOXON_MIN_PAIRS, mea
                                   wilcoxon_p)
 from bench.contract.schema import (FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED,
                                    REPORT_FILE, SEED, STATUS, TASK, TEST_ACC)
-from bench.records.rundir import default_reference, load_run
-from bench.records.tables import check_writable, write_text
+from bench.records.rundir import default_reference
+from bench.records.tables import write_text
 
 STATUSES = (OK, FAILED, OVER_BUDGET, PRUNED)
 PER_SEED_MAX = 8  # more seeds than this: no per-seed table (it would not fit a page)
@@ -165,19 +165,25 @@ def report_markdown(trials: pd.DataFrame, reference: str | None = None,
     return "\n".join(lines)
 
 
-def report_run(run_dir: str | Path, write: bool = True) -> str:
-    """The report of a run directory (its reference and unit from its metadata), written
-    to its report.md unless ``write`` is False."""
+def report_run(run_dirs, write: bool = True, out: str | Path | None = None) -> str:
+    """The report of a run directory, or of several merged (``bench.analysis.merge``), with
+    its reference and unit; written to report.md in ``out``, else the first directory,
+    unless ``write`` is False."""
     from bench.analysis.convergence import convergence_markdown
-    from bench.records.tables import read_reports
+    from bench.analysis.merge import load_runs, merged_note, output_dir
 
-    trials, info = load_run(run_dir)
-    if write:  # refused before the work, not after it
-        check_writable(run_dir, REPORT_FILE)
-    text = report_markdown(trials, info.reference, info.unit)
-    convergence = convergence_markdown(read_reports(run_dir), trials)
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    merged = load_runs(run_dirs, "report")
+    target = output_dir(run_dirs, out, "report", REPORT_FILE) if write else None
+    text = report_markdown(merged.trials, merged.info.reference, merged.info.unit)
+    note = merged_note(merged)
+    if note:
+        head, _, rest = text.partition("\n\n")
+        text = f"{head}\n\n{note}\n\n{rest}"
+    convergence = convergence_markdown(merged.reports, merged.trials)
     if convergence:
         text += "\n\n" + convergence
     if write:
-        write_text(Path(run_dir) / REPORT_FILE, text + "\n")
+        target.mkdir(parents=True, exist_ok=True)
+        write_text(target / REPORT_FILE, text + "\n")
     return text
