@@ -203,7 +203,7 @@ def prunes(cls: type[Method], options: dict) -> bool:
     return bool(cls(**options).reports_validation)
 
 
-def _recorded(pruning: bool):
+def _recorded(pruning: bool = False):
     """Recorded runs to replay on, one task and seed of them, loaded once per process:
     the published ResNet-50 grid (real runs, no per-epoch curves), or for a pruning method
     the reference grid's runs with their per-epoch validation reports."""
@@ -220,10 +220,9 @@ def _recorded(pruning: bool):
             seed = int(min(trials[S.SEED]))
             mine = [(t[S.TASK] == PRUNING_TASK) & (t[S.SEED] == seed)
                     & (t[S.METHOD] == PRUNING_RECORDS_METHOD) for t in (trials, reports)]
-            recorded = Recorded(trials[mine[0]], reports[mine[1]])
-            name, source = PRUNING_TASK, str(PRUNING_RECORDS)
+            recorded, name = Recorded(trials[mine[0]], reports[mine[1]]), PRUNING_TASK
         else:
-            recorded, source = Recorded(load_records(REPLAY_RECORDS)), REPLAY_RECORDS
+            recorded = Recorded(load_records(REPLAY_RECORDS))
             name = recorded.tasks()[0]
         mine = recorded.trials[(recorded.trials[S.TASK] == name)
                                & (recorded.trials[S.KIND] == S.SEARCH)]
@@ -231,7 +230,7 @@ def _recorded(pruning: bool):
         grid_s = float(mine[mine[S.SEED] == seed][S.WALL_S].sum())
         task = RecordedTask(name, recorded.space(name), steps=recorded.steps(name),
                             epochs=recorded.epochs(name))
-        _RUNS[key] = (recorded, task, seed, grid_s, source)
+        _RUNS[key] = (recorded, task, seed, grid_s)
     return _RUNS[key]
 
 
@@ -242,7 +241,9 @@ def _replay_run(cls: type[Method], options: dict, attempt: int = 1) -> _ReplayRu
     from bench.driver.replay import SimulatedClock, simulate
 
     run = _RUNS[key] = _ReplayRun()
-    recorded, task, seed, grid_s, run.records = _recorded(prunes(cls, options))
+    pruning = prunes(cls, options)
+    recorded, task, seed, grid_s = _recorded(pruning)
+    run.records = str(PRUNING_RECORDS) if pruning else REPLAY_RECORDS
     run.cap_s = grid_s  # what the whole grid cost: ends a method that never finishes
     budget = Budget(workers=2, cap_s=grid_s)
     clock = SimulatedClock()

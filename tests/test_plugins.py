@@ -306,7 +306,7 @@ def test_a_repeat_is_recorded_after_its_run_and_told_as_that_run():
     from bench.driver.suite import Budget
     from bench.testing import _recorded
 
-    recorded, task, seed, grid_s, _ = _recorded(False)
+    recorded, task, seed, grid_s = _recorded()
     clock, order = SimulatedClock(), []
     method = SuggestsOneConfiguration()
     budget = Budget(workers=2, cap_s=grid_s)
@@ -343,3 +343,12 @@ def test_networks_fits_and_results_print_short_and_leave_out_unmeasured_metrics(
 def test_the_docs_show_the_worked_examples_as_they_are_tested(module):
     code = (EXAMPLE / module).read_text().split('"""', 2)[2].strip("\n")  # past the docstring
     assert code in (EXAMPLE.parents[1] / "docs" / "plugins.md").read_text()
+
+
+def test_parametrize_with_checks_takes_bad_options_in_a_triple():
+    mark = parametrize_with_checks([(MedianStop, {"trials": 6}, [{"trials": 0}]), UniformRandom])
+    checks = mark.args[1]
+    refusal = next(c for c in checks if c.id == "MedianStop-refuses_bad_options")
+    assert refusal.bad_options == ({"trials": 0},)
+    refusal()
+    assert "UniformRandom-refuses_bad_options" not in [c.id for c in checks]
