@@ -36,8 +36,9 @@ def _names(values) -> str:
 
 
 def _differ(command: str, first, other, what: str, a, b) -> BenchError:
-    only_a, only_b = set(a) - set(b), set(b) - set(a)
-    if only_a or only_b:
+    """Sets of values: what only one of them has; single values: both."""
+    if isinstance(a, set):
+        only_a, only_b = a - b, b - a
         detail = "; ".join(x for x in (only_a and f"only {first} has {_names(only_a)}",
                                        only_b and f"only {other} has {_names(only_b)}") if x)
     else:
@@ -68,7 +69,7 @@ def load_runs(run_dirs, command: str) -> MergedRun:
         for what, a, b in (("compute units", info0.unit, info.unit),
                            ("references", info0.reference, info.reference)):
             if a != b:
-                raise _differ(command, first, other, what, [a], [b])
+                raise _differ(command, first, other, what, a, b)
     kept, frames, reports, repeated = set(), [], [], {}
     for run_dir, trials, _ in loaded:
         labels = set(trials[METHOD])

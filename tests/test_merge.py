@@ -1,0 +1,141 @@
+"""One view of several run directories: bench report and bench plot merge runs of the same
+tasks, seeds, unit and reference, and refuse others in one line with nothing written; a run
+of more than 6 tasks is drawn as small multiples, pages of at most 24 panels (issue 27)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.analysis.plots import plot_tradeoff
+from bench.cli import main
+from bench.contract import schema as s
+
+
+def _replay(root: Path, name: str, methods: str, seeds="[1001]",
+            task="cifar10-resnet50-N100") -> Path:
+    suite = root / f"{name}.toml"
+    suite.write_text(f'name = "{name}"\nrecords = "published:cifar10-resnet50"\nseeds = {seeds}\n'
+                     f'[budget]\ncap_s = 1e12\n[[tasks]]\nname = "{task}"\n{methods}')
+    assert main(["replay", str(suite), "--out", str(root / name), "--quiet"]) == 0
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two replays of one task and seed (grid + random; grid + TPE: the grid repeated, as
+    the README's main job repeats it) and runs that differ in seeds or tasks."""
+    root = tmp_path_factory.mktemp("merge")
+    return {"a": _replay(root, "a", "[methods.grid]\n[methods.random]\ntrials = 4\n"),
+            "b": _replay(root, "b", "[methods.grid]\n[methods.tpe]\ntrials = 4\n"),
+            "seeds": _replay(root, "seeds", "[methods.tpe]\ntrials = 4\n", "[2001]"),
+            "tasks": _replay(root, "tasks", "[methods.tpe]\ntrials = 4\n",
+                             task="cifar10-resnet50-N1000")}
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_report_and_plot_merge_two_run_directories(runs, tmp_path, capsys):
+    out = tmp_path / "both"
+    assert main(["report", str(runs["a"]), str(runs["b"]), "--out", str(out)]) == 0
+    text = (out / s.REPORT_FILE).read_text()
+    table = [line.split("|")[1].strip() for line in text.splitlines()
+             if line.startswith("| ") and "| search |" in line]
+    assert sorted(table) == ["grid", "random", "tpe"]  # each once: the grid from a
+    assert f"`grid` is read from the first directory that has it; its runs in `{runs['b']}`" \
+        in text
+    assert main(["plot", str(runs["a"]), str(runs["b"]), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "tradeoff.png",
+                                                     "tradeoff.svg"]
+    before = _files(runs["b"])
+    copy = tmp_path / "a"
+    shutil.copytree(runs["a"], copy)
+    assert main(["plot", str(copy), str(runs["b"])]) == 0  # no --out: into the first
+    assert "tpe" in (copy / "tradeoff.svg").read_text()
+    assert _files(runs["b"]) == before
+    capsys.readouterr()
+
+
+def _other_unit(run: Path) -> None:
+    meta = json.loads((run / s.METADATA_FILE).read_text())
+    (run / s.METADATA_FILE).write_text(json.dumps({**meta, "compute_label": "TPU-seconds"}))
+
+
+def _other_reference(run: Path) -> None:
+    meta = json.loads((run / s.METADATA_FILE).read_text())
+    (run / s.METADATA_FILE).write_text(json.dumps({**meta, s.REFERENCE: "tpe"}))
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+@pytest.mark.parametrize("other, change, message", [
+    ("seeds", None, "hold different seeds (only {a} has 1001; only {o} has 2001)"),
+    ("tasks", None, "hold different tasks (only {a} has cifar10-resnet50-N100; only {o} has "
+                    "cifar10-resnet50-N1000)"),
+    ("b", _other_unit, "hold different compute units ({a}: A100 GPU-seconds, {o}: "
+                       "TPU-seconds)"),
+    ("b", _other_reference, "hold different references ({a}: grid, {o}: tpe)"),
+])
+def test_mismatched_runs_are_refused_in_one_line_with_nothing_written(
+        runs, tmp_path, monkeypatch, capsys, command, other, change, message):
+    monkeypatch.chdir(tmp_path)  # short names: the whole line is shown
+    first, second = "first", "second"
+    shutil.copytree(runs["a"], first)
+    shutil.copytree(runs[other], second)
+    if change:
+        change(Path(second))
+    before = _files(tmp_path)
+    assert main([command, first, second]) == 2
+    assert main([command, first, second, "--out", "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0] == err[1]
+    assert message.format(a=first, o=second) in err[0], err[0]
+    assert err[0].startswith(f"bench: error: {command}: ")
+    assert _files(tmp_path) == before  # nothing written, nothing made
+
+
+def _many_tasks(tasks: int) -> pd.DataFrame:
+    """A search and a learned method on each task, one seed (small multiples of 2 kinds)."""
+    rows = []
+    for t in range(tasks):
+        for method, kind in (("grid", s.SEARCH), ("de-elbo", s.LEARNED)):
+            base = dict.fromkeys(s.TRIAL_COLUMNS)
+            base.update({s.SUITE: "m", s.TASK: f"task{t:02d}", s.METHOD: method,
+                         s.PLUGIN: method, s.SEED: 0, s.STATUS: s.OK, s.ENDED_S: 1.0,
+                         s.RESOURCE_S: 10.0, s.TEST_ACC: 0.5 + t / 100, s.TEST_NLL: 1.0})
+            if kind == s.SEARCH:
+                rows += [{**base, s.TRIAL_ID: "t0", s.KIND: s.SEARCH, s.VAL_NLL: 1.0,
+                          s.TEST_ACC: None},
+                         {**base, s.TRIAL_ID: "t0-retrain", s.KIND: s.RETRAIN,
+                          s.RETRAIN_OF: "t0", s.ENDED_S: 2.0}]
+            else:
+                rows.append({**base, s.TRIAL_ID: "t0", s.KIND: s.LEARNED, s.OBJECTIVE: 1.0})
+    return pd.DataFrame(rows, columns=list(s.TRIAL_COLUMNS))
+
+
+def test_more_than_six_tasks_are_small_multiples_in_pages_of_24(tmp_path, capsys):
+    trials = _many_tasks(13)  # 13 tasks x 2 kinds = 26 panels: pages of 24 and 2
+    paths = plot_tradeoff(trials, tmp_path / "tradeoff", band="none")
+    assert [p.name for p in paths] == ["tradeoff.png", "tradeoff.svg", "tradeoff-2.png",
+                                       "tradeoff-2.svg"]
+    page1, page2 = ((p.read_text().count("task")) for p in paths[1::2])
+    assert "task11" in paths[1].read_text() and "task12" in paths[3].read_text()
+    assert "task12" not in paths[1].read_text()
+    assert page1 > page2
+    # a subset on one page: the second page of the earlier figure is removed
+    paths = plot_tradeoff(trials, tmp_path / "tradeoff", band="none", tasks="task0[0-2]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tradeoff.png", "tradeoff.svg"]
+    svg = paths[1].read_text()
+    assert "task02" in svg and "task03" not in svg
+    run = tmp_path / "run"
+    run.mkdir()
+    trials.to_parquet(run / s.TRIALS_FILE)
+    assert main(["plot", str(run), "--tasks", "nothing*"]) == 2
+    err = capsys.readouterr().err
+    assert "plot: no task matches --tasks 'nothing*'; the tasks are task00" in err
+    assert sorted(p.name for p in run.iterdir()) == [s.TRIALS_FILE]
