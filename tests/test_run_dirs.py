@@ -90,6 +90,8 @@ REFUSED = [
     (["run", "{live}", "--resume", ""],
      "run: argument --resume: an empty path names no directory"),
     (["run", "{live}", "--resume", "{mine}"], "cannot resume {mine}: no journal.jsonl there"),
+    (["run", "{live}", "--resume", "{nosuite}"], "cannot resume {nosuite}: its suite.toml is "
+     "missing"),
     (["replay", "{unfinished}", "--out", "{tmp}/out"],
      "records {records_unfinished} are a run that has not finished"),
     (["replay", "{cut}", "--out", "{tmp}/out"], "records {records_cut} hold search runs of 6 "
@@ -104,7 +106,10 @@ def test_a_run_directory_that_is_not_the_harnesss_is_refused(tmp_path, monkeypat
                                                             argv, message):
     monkeypatch.chdir(tmp_path)  # where runs/<name> would go
     mine = _users_own(tmp_path / "mine")
-    fill = {"tmp": tmp_path, "mine": mine, "live": tmp_path / "live.toml"}
+    fill = {"tmp": tmp_path, "mine": mine, "live": tmp_path / "live.toml",
+            "nosuite": tmp_path / "nosuite"}
+    fill["nosuite"].mkdir()
+    (fill["nosuite"] / S.JOURNAL_FILE).write_text("")
     fill["live"].write_text(LIVE)
     for name, kwargs in [("replay", {}), ("unfinished", {"ended": False}),
                          ("cut", {"searched": 6}), ("incumbents", {"retrain_all": False})]:

@@ -137,9 +137,12 @@ def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
     """A run directory that ``suite`` may go on in: its journal, whole-line bytes, metadata."""
     from bench.driver.suite import read_toml
 
-    if not (out / S.JOURNAL_FILE).is_file() or not (out / S.SUITE_FILE).is_file():
+    if not (out / S.JOURNAL_FILE).is_file():
         raise BenchError(f"cannot resume {out}: no {S.JOURNAL_FILE} there (not a suite run "
                          "directory)")
+    if not (out / S.SUITE_FILE).is_file():
+        raise BenchError(f"cannot resume {out}: its {S.SUITE_FILE} is missing (a run "
+                         "directory keeps the suite it ran, to check it is the same)")
     try:
         recorded = (out / S.SUITE_FILE).read_text()
     except (OSError, UnicodeDecodeError):
