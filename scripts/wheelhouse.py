@@ -197,13 +197,24 @@ def split_parts(out: Path, part_bytes: int) -> list[list[str]]:
     return names
 
 
-def build(out: Path, python_version: str, have: dict[str, str | None],
-          part_bytes: int | None = None) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("part-*/*.whl"):  # gathered back, split again below
-        old.replace(out / old.name)
-    for old in out.glob("finetune_hpo_bench-*.whl"):
-        old.unlink()  # the harness as it is now, never a stale build
+def _is_ours(path: Path) -> bool:
+    """What an earlier build left in its directory (and a new build replaces)."""
+    return (path.suffix == ".whl" or path.name == "wheelhouse.json"
+            or (path.is_dir() and path.name.startswith("part-")))
+
+
+def _refuse_foreign(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--wheelhouse: {out} is a file, not a directory")
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p)) if out.is_dir() else []
+    if foreign:
+        raise UsageError(f"--wheelhouse: {out} holds other files ({foreign[0]}, ...): "
+                         "give a new or empty directory, or an earlier wheelhouse")
+
+
+def _fill(out: Path, python_version: str, have: dict[str, str | None],
+          part_bytes: int | None) -> dict:
+    """Downloads into the empty directory ``out``; its manifest."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "source")  # a clean copy: no stale build/ of the checkout leaks in
         for part in SOURCES:
@@ -238,16 +249,32 @@ def build(out: Path, python_version: str, have: dict[str, str | None],
     manifest = {"python_version": python_version, "platforms": PLATFORMS,
                 "left_out": {n: v for n, v in sorted(have.items())},
                 "ray_jars_dropped_bytes": dropped, "wheels": wheels,
-                "bytes": sum((out / w).stat().st_size for w in wheels), "parts": []}
-    for old in out.glob("part-*/wheelhouse.json"):
-        old.unlink()
-    for folder in out.glob("part-*"):
-        folder.rmdir()
-    if part_bytes:
-        manifest["parts"] = split_parts(out, part_bytes)
+                "bytes": sum((out / w).stat().st_size for w in wheels),
+                "parts": split_parts(out, part_bytes) if part_bytes else []}
     text = json.dumps(manifest, indent=1) + "\n"
     for folder in [out, *out.glob("part-*")]:  # each part says what it belongs to
         (folder / "wheelhouse.json").write_text(text)
+    return manifest
+
+
+def build(out: Path, python_version: str, have: dict[str, str | None],
+          part_bytes: int | None = None) -> dict:
+    """Fills ``out`` anew; on failure, ``out`` is left as it was (an earlier wheelhouse stays)."""
+    _refuse_foreign(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        manifest = _fill(staging, python_version, have, part_bytes)
+        out.mkdir(exist_ok=True)
+        for old in filter(_is_ours, list(out.iterdir())):
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        for new in staging.iterdir():
+            new.rename(out / new.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

@@ -64,6 +64,16 @@ def test_bad_arguments_are_one_line_exit_2_nothing_written(tmp_path, args):
     assert not wh.exists() and not (tmp_path / "venv").exists()
 
 
+def test_wheelhouse_refuses_a_directory_holding_other_files(tmp_path):
+    (tmp_path / "wh").mkdir()
+    (tmp_path / "wh" / "notes.txt").write_text("mine")
+    result = _install("--wheelhouse", str(tmp_path / "wh"), tmp_path=tmp_path)
+    assert result.returncode == 2 and "holds other files (notes.txt" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name != "wh"] == []  # no staging left
+    assert [p.name for p in (tmp_path / "wh").iterdir()] == ["notes.txt"]
+
+
 def test_help_tells_every_option_the_parser_takes(tmp_path):
     result = _install("--help", tmp_path=tmp_path)
     assert result.returncode == 0 and result.stderr == ""
