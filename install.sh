@@ -3,6 +3,7 @@
 # environment (./.venv, or $BENCH_VENV) with this project and its dependencies.
 # Safe to run again: what is already there is kept.
 set -euo pipefail
+caller=$PWD  # DIR and a --have file are relative to where the script was called from
 cd "$(dirname "$0")"
 venv=${BENCH_VENV:-.venv}
 
@@ -50,14 +51,17 @@ while [ $# -gt 0 ]; do
         --wheelhouse|--offline)
             [ "$mode" = online ] || fail "give one of --wheelhouse and --offline, once"
             [[ ${2:-} && ${2:-} != -* ]] || fail "$1 needs a directory"
-            mode=${1#--} dir=$2; shift 2 ;;
+            mode=${1#--} dir=$2; shift 2
+            [[ $dir = /* ]] || dir=$caller/$dir ;;
         --python-version|--have|--part-size)
             [[ ${2:-} && ${2:-} != -* ]] || fail "$1 needs a value"
             [[ $1 != --python-version || $2 =~ ^3\.[0-9]+$ ]] \
                 || fail "--python-version takes X.Y, such as 3.12, not $2"
             [[ $1 != --part-size || $2 =~ ^[0-9]+(\.[0-9]+)?$ ]] \
                 || fail "--part-size takes a size in MiB, such as 60, not $2"
-            build_args+=("$1" "$2"); shift 2 ;;
+            value=$2
+            [[ $1 != --have || $value = /* || ! -f $caller/$value ]] || value=$caller/$value
+            build_args+=("$1" "$value"); shift 2 ;;
         --with-torch) build_args+=("$1"); shift ;;
         *) fail "unknown argument: $1" ;;
     esac

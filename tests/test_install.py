@@ -30,9 +30,10 @@ wheelhouse = _load_wheelhouse()
 
 
 def _install(*args, tmp_path):
+    """install.sh called from ``tmp_path``, as from any folder."""
     env = {**os.environ, "BENCH_VENV": str(tmp_path / "venv")}
     return subprocess.run([str(ROOT / "install.sh"), *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+                          env=env, cwd=tmp_path, timeout=60)
 
 
 def _host_python() -> str:
@@ -178,7 +179,7 @@ def _manifest(folder: Path, python_version: str, wheels: list[str]) -> None:
 
 def test_offline_refuses_a_wheelhouse_for_another_python(tmp_path):
     _manifest(tmp_path / "wh", "3.99", [])
-    result = _install("--offline", str(tmp_path / "wh"), tmp_path=tmp_path)
+    result = _install("--offline", "wh", tmp_path=tmp_path)  # relative to the caller's folder
     assert result.returncode == 2 and "wheels for Python 3.99" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "venv").exists()
 
