@@ -525,6 +525,7 @@ def check_method(cls: type[Method], options: dict | None = None, cap_s: float = 
         replayed = [r for r in _replay_run(cls, options).rows if r[S.KIND] != S.RETRAIN]
         summary |= {"replayed": len(replayed),
                     "replayed_ok": sum(r[S.STATUS] == S.OK for r in replayed),
+                    "replayed_repeats": sum(r[S.STATUS] == S.REPEAT for r in replayed),
                     "replayed_pruned": sum(r[S.STATUS] == S.PRUNED for r in replayed)}
     return summary | {"bad_options_refused": len(bad_options or ())}
 

@@ -74,19 +74,20 @@ class ListedMethod(Method):
 
 
 def _campaign(method: Method, workers: int = 1, cap_s: float = 1e9,
-              clock: SimulatedClock | None = None) -> Campaign:
-    task = RecordedTask(TASK, RECORDED.space(TASK), cap_s)
+              clock: SimulatedClock | None = None, recorded: Recorded = RECORDED) -> Campaign:
+    task = RecordedTask(TASK, recorded.space(TASK), cap_s)
     return Campaign("test", task, "listed", method, SEED, Budget(workers=workers, cap_s=1e9),
                     0.0, clock=clock, discrete=True)
 
 
-def _run(workers: int = 1, cap_s: float = 1e9, order=ORDER, retrain_all: bool = False):
+def _run(workers: int = 1, cap_s: float = 1e9, order=ORDER, retrain_all: bool = False,
+         recorded: Recorded = RECORDED):
     """One campaign simulated to its end: (campaign, method)."""
     clock = SimulatedClock()
     method = ListedMethod([{"lr": lr} for lr in order], retrain_all)
-    campaign = _campaign(method, workers, cap_s, clock)
+    campaign = _campaign(method, workers, cap_s, clock, recorded)
     queue = CampaignQueue([lambda: campaign])
-    simulate(queue, RECORDED, workers, clock)
+    simulate(queue, recorded, workers, clock)
     assert queue.finished
     return campaign, method
 
@@ -154,8 +155,11 @@ def test_retrain_all_retrains_every_finished_configuration():
 
 
 def test_a_failed_trial_is_neither_incumbent_nor_retrained():
-    # lr 0.5 has no recorded run: the replay fails it; lr 0.01 then is the first incumbent
-    campaign, method = _run(order=[0.5, 0.01])
+    # lr 0.5 is a recorded value (of another seed) with no run of this seed: the replay
+    # fails it; lr 0.01 then is the first incumbent
+    other = _records().iloc[[0]].assign(**{S.SEED: SEED + 1, S.CONFIG: json.dumps({"lr": 0.5})})
+    campaign, method = _run(order=[0.5, 0.01],
+                            recorded=Recorded(pd.concat([_records(), other], ignore_index=True)))
     rows = _rows(campaign)
     assert rows["t0000"][S.STATUS] == S.FAILED and "no recorded" in rows["t0000"][S.ERROR]
     assert [r[S.RETRAIN_OF] for r in campaign.rows if r[S.KIND] == S.RETRAIN] == ["t0001"]
@@ -269,8 +273,8 @@ def test_resume_refuses_a_journal_the_method_does_not_repeat(tmp_path):
 
 def test_a_failed_trial_records_the_traceback_the_worker_caught():
     task = Task("digits", 60, "small-cnn", image_size=8)
-    campaign = Campaign("test", task, "listed", ListedMethod([{"lr": 0.1}, {"lr": 0.01}]),
-                        SEED, Budget(), 0.0)
+    configs = [{"lr": lr, "alpha": 1e-3, "beta": 1e-3} for lr in (0.1, 0.01)]
+    campaign = Campaign("test", task, "listed", ListedMethod(configs), SEED, Budget(), 0.0)
     spec = TrialSpec(task, SEED, campaign.worker_method, threads=1)
     request = campaign.next_request("w0")
     campaign.trial_started("w0")

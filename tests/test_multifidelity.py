@@ -157,7 +157,7 @@ def _successive_halving(configs, brackets, eta, workers):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_asha_promotions_on_a_learning_curve_table(tmp_path, workers):
-    trials, reports = _replay(tmp_path, "[methods.asha]\ntrials = 30\nreduction_factor = 3\n",
+    trials, reports = _replay(tmp_path, "[methods.asha]\ntrials = 40\nreduction_factor = 3\n",
                               workers)
     seen, configs = _stops_seen(trials, reports, "asha")
     expected = _successive_halving(configs, [0] * len(configs), eta=3, workers=workers)

@@ -225,7 +225,8 @@ def test_resuming_a_campaign_with_repeats_from_any_prefix_of_its_journal(tmp_pat
 
 
 def test_a_live_campaign_trains_a_configuration_once():
-    method = Listed([{"lr": 0.05}, {"lr": 0.05}, {"lr": 0.01}, {"lr": 0.05}])
+    a, b = ({"lr": lr, "alpha": 1e-3, "beta": 1e-3} for lr in (0.05, 0.01))
+    method = Listed([a, a, b, a])
     campaign = Campaign("test", TINY_TASK, "listed", method, 0, Budget(cap_s=1e9), 0.0)
     run_inline(campaign)
     search = [r for r in campaign.rows if r[S.KIND] == S.SEARCH]

@@ -91,11 +91,12 @@ class Recorded:
         return sorted(set(self.trials[S.TASK]))
 
     def space(self, task: str) -> tuple[Param, ...]:
-        """Each hyperparameter's recorded values (grid), over the task's search runs."""
+        """Each hyperparameter's recorded values (grid), over the task's search runs, in a
+        live task's order: the learning rate first, then the regularizer's (by name)."""
         runs = self.trials[(self.trials[S.TASK] == task) & (self.trials[S.KIND] == S.SEARCH)]
         configs = [json.loads(c) for c in runs[S.CONFIG]]
         params = []
-        for name in sorted({k for c in configs for k in c}):
+        for name in sorted({k for c in configs for k in c}, key=lambda k: (k != "lr", k)):
             values = sorted({float(c[name]) for c in configs if name in c}, reverse=True)
             positive = [v for v in values if v > 0]
             params.append(Param(name, min(positive or [1.0]), max(positive or [1.0]),
