@@ -103,6 +103,11 @@ def test_load_suite_returns_whichever_the_file_is(tmp_path):
      "two tasks share a name"),
     ("seeds", "bo = 1\nseeds", "bo must be true or false, got 1"),
     ("seeds = [1001, 2001]", "seeds = [1001, 4001]", "seed 4001 is not in the records"),
+    # issue 26: a cap below every recorded trial ended each one over budget, exit 0
+    ("cap_s = 1e12", "cap_s = 1", "task cifar10-resnet50-v1-N100: cap_s 1 GPU-seconds is "
+     "smaller than its cheapest recorded trial"),
+    ('name = "cifar10-resnet50-v1-N100"', 'name = "cifar10-resnet50-v1-N100"\ncap_s = 2',
+     "cap_s 2 GPU-seconds is smaller than its cheapest recorded trial"),
 ])
 def test_bad_replay_values_are_refused_as_live_ones(old, new, message):
     with pytest.raises(bench.driver.suite.BenchError) as err:

@@ -297,8 +297,8 @@ def parse_suite(text: str, origin: str = "suite", replay_only: bool = False) -> 
         from bench.driver.suite_records import record_source, recorded_tasks
 
         records = record_source(origin, raw)
-        tasks = recorded_tasks(origin, records, tasks, seeds, methods)
         budget = _replay_budget(f"{origin} [budget]", raw.get("budget", {}), budget, records)
+        tasks = recorded_tasks(origin, records, tasks, seeds, methods, budget)
     for spec in methods:
         check_starts(f"{origin} [methods.{spec.label}]", spec, tasks, seeds, budget,
                      discrete=replay)

@@ -21,7 +21,7 @@ from bench.contract.errors import BenchError
 from bench.contract.method import Method
 from bench.contract.options import require_bool
 from bench.driver.replay import SEPARATOR, Recorded, RecordedTask, load_recorded, load_records
-from bench.driver.suite import MethodSpec, RecordedTaskTable, RecordSource
+from bench.driver.suite import Budget, MethodSpec, RecordedTaskTable, RecordSource
 from bench.records.published import PREFIX, RECORD_SETS, config_key, record_set
 
 
@@ -60,10 +60,10 @@ def record_source(origin: str, raw: dict) -> RecordSource:
 
 
 def recorded_tasks(origin: str, records: RecordSource, tables: Sequence[RecordedTaskTable],
-                   seeds: Sequence[int], methods: Sequence[MethodSpec]
+                   seeds: Sequence[int], methods: Sequence[MethodSpec], budget: Budget
                    ) -> tuple[RecordedTask, ...]:
-    """The tasks of the records the suite names, once its seeds and methods are known to
-    replay on them."""
+    """The tasks of the records the suite names, once its seeds, methods and budget are
+    known to replay on them."""
     recorded = load_recorded(records.name, records.method)
     known_seeds = set(int(s) for s in recorded.trials[S.SEED])
     missing = [s for s in seeds if s not in known_seeds]
@@ -78,6 +78,7 @@ def recorded_tasks(origin: str, records: RecordSource, tables: Sequence[Recorded
                              f"have: {', '.join(recorded.tasks())}")
         tasks.append(RecordedTask(table.name, recorded.space(table.name), table.cap_s,
                                   recorded.steps(table.name), recorded.epochs(table.name)))
+        _check_cap(origin, tasks[-1], recorded, seeds, budget)
     for spec in methods:
         if not spec.build().uses_validation:
             raise BenchError(f"{origin}: method {spec.label!r} learns its hyperparameters while "
@@ -89,6 +90,21 @@ def recorded_tasks(origin: str, records: RecordSource, tables: Sequence[Recorded
     if not is_published(records):
         _check_whole(origin, records, [t.name for t in tasks], seeds)
     return tuple(tasks)
+
+
+def _check_cap(origin: str, task: RecordedTask, recorded: Recorded, seeds: Sequence[int],
+               budget: Budget) -> None:
+    """A cap below the cheapest recorded trial would end every trial over budget: refused,
+    as a live suite refuses a cap smaller than one trial."""
+    trials = recorded.trials
+    runs = trials[(trials[S.TASK] == task.name) & (trials[S.KIND] == S.SEARCH)
+                  & trials[S.SEED].isin(list(seeds))]
+    cheapest = float(runs[S.WALL_S].min()) * budget.charge_rate if len(runs) else 0.0
+    cap = task.cap_s or budget.cap_s
+    if cap < cheapest:
+        raise BenchError(f"{origin}: task {task.name}: cap_s {cap:g} {budget.unit_label} is "
+                         f"smaller than its cheapest recorded trial ({cheapest:.4g}): every "
+                         "trial would end over budget")
 
 
 def _check_finished(origin: str, records: str) -> None:
