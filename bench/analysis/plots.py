@@ -215,16 +215,15 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     if band not in BANDS:
         raise BenchError(f"plot: band must be one of {', '.join(BANDS)}, got {band!r}")
     reference = reference or default_reference(trials)
+    task_list = _select_tasks(trials, tasks)
+    trials = trials[trials[TASK].isin(task_list)]
     known = sorted(set(trials[METHOD]))
     unknown = [m for m in methods or [] if m not in known]
     if unknown:
         raise BenchError(f"plot: no method {unknown[0]!r} in the records; they have: "
                          f"{', '.join(known)}")
-    task_list = _select_tasks(trials, tasks)
-    trials = trials[trials[TASK].isin(task_list)]
     shown = [m for m in known if not methods or m in methods]
     kinds = method_kinds(trials)
-    kinds.update({m: "search" for m in known if m not in kinds})
     curves = anytime_curves(trials)
     agg = (aggregate_curves(curves, band="minmax" if band == "none" else band) if len(curves)
            else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored yet: empty panels
