@@ -146,15 +146,15 @@ def journal_dir(tmp_path, finished: bool = False, name: str = "run"):
                                        **({"ended": "now"} if finished else {})})
     events = [
         {"event": "start", "campaign": 0},
-        {"event": "suggest", "campaign": 0, "trial": "t0000"},
-        {"event": "suggest", "campaign": 0, "trial": "t0001"},
+        {"event": "suggest", "campaign": 0, "trial": "t0000", "hp": {}},
+        {"event": "suggest", "campaign": 0, "trial": "t0001", "hp": {}},
         {"event": "complete", "campaign": 0, "trial": "t0000",
          "row": _row("t0000", s.SEARCH, 12.5, val_nll=1.25)},
-        {"event": "suggest", "campaign": 0, "trial": "t0000-retrain"},
+        {"event": "suggest", "campaign": 0, "trial": "t0000-retrain", "hp": {}},
         {"event": "complete", "campaign": 0, "trial": "t0000-retrain",
          "row": _row("t0000-retrain", s.RETRAIN, 5.0, retrain_of="t0000", test_acc=0.6)},
         {"event": "start", "campaign": 1},  # de-elbo: nothing finished yet
-        {"event": "suggest", "campaign": 1, "trial": "t0000"},
+        {"event": "suggest", "campaign": 1, "trial": "t0000", "hp": {}},
     ]
     with open(run / s.JOURNAL_FILE, "w") as f:
         for i, e in enumerate(events):
