@@ -44,6 +44,11 @@ def _other_columns(run: Path) -> None:
     pd.DataFrame({"a": [1], "b": ["x"]}).to_parquet(run / S.TRIALS_FILE)
 
 
+def _no_trials(run: Path) -> None:  # a run killed before its first trial ended
+    table = pd.read_parquet(run / S.TRIALS_FILE)
+    table.iloc[:0].to_parquet(run / S.TRIALS_FILE)
+
+
 READ_ONLY = "read-only"  # made so around the command, undone after
 
 
@@ -54,6 +59,8 @@ def _files(root: Path) -> list[tuple[str, int]]:
 # (damage done to a copy {run} of a finished run, argv, the one line's message);
 # {replay}: a replay suite whose records are {run}; {tmp}: the test's directory
 BAD_READS = [
+    (_no_trials, ["report", "{run}"], "{run}: no trial has ended yet (trials.parquet is empty)"),
+    (_no_trials, ["plot", "{run}"], "{run}: no trial has ended yet (trials.parquet is empty)"),
     (_truncated, ["plot", "{run}"], "{run}/trials.parquet: cannot be read as a Parquet table"),
     (_truncated, ["report", "{run}"], "{run}/trials.parquet: cannot be read as a Parquet"),
     (_truncated, ["status", "{run}"], "{run}/trials.parquet: cannot be read as a Parquet"),

@@ -137,5 +137,10 @@ def run_info(run_dir: str | Path, trials: pd.DataFrame) -> RunInfo:
 
 
 def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, RunInfo]:
+    """A run directory's trials and what its metadata says, for reports, plots and
+    comparisons: a run with no trial ended yet has nothing to draw, and says so."""
     trials = read_trials(run_dir)
+    if trials.empty:
+        raise BenchError(f"{run_dir}: no trial has ended yet ({S.TRIALS_FILE} is empty): "
+                         "nothing to report, plot or compare")
     return trials, run_info(run_dir, trials)
