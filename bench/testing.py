@@ -33,7 +33,7 @@ from bench.contract.method import Context, FitData, Method
 from bench.contract.protocol import Event, event_kind
 from bench.driver.campaign import (BadSuggestion, Campaign, CampaignQueue, MethodHookError,
                                    run_inline)
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.worker.trial import task_data
 from bench.zoo.task import Task
 
@@ -209,7 +209,7 @@ def _recorded(pruning: bool = False):
     the reference grid's runs with their per-epoch validation reports."""
     key = ("recorded", pruning)
     if key not in _RUNS:
-        from bench.driver.replay import RecordedTask, Recorded, load_records
+        from bench.records.recorded import Recorded, RecordedTask, load_records
         from bench.records.tables import read_reports, read_trials
 
         if pruning:

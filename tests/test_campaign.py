@@ -18,10 +18,11 @@ import torch
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.method import FINISHED, Method
+from bench.driver.budget import Budget
 from bench.driver.campaign import Campaign, CampaignQueue
-from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
-from bench.driver.suite import Budget
+from bench.driver.replay import SimulatedClock, simulate
 from bench.records.journal import AT, Journal, read_journal
+from bench.records.recorded import Recorded, RecordedTask
 from bench.records.tables import comparable, frame
 from bench.worker.trial import TrialSpec, execute_trial
 from bench.zoo.task import Task

@@ -18,7 +18,8 @@ from bench.contract.errors import BenchError
 from bench.contract.protocol import FinalResult
 from bench.driver.campaign import Campaign
 from bench.driver.run import check_resources
-from bench.driver.suite import Budget, parse_suite
+from bench.driver.budget import Budget
+from bench.driver.suite import parse_suite
 from bench.zoo.task import Task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from bench.contract import schema as S
 from bench.contract.method import FINISHED, FitData
 from bench.contract.protocol import TrialRequest
 from bench.driver.campaign import Campaign, run_inline
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.testing import TINY_TASK, check_method
 from bench.training.train import TrainingDiverged
 from bench.worker.trial import TrialSpec, execute_trial, task_data

@@ -26,7 +26,8 @@ from bench.contract.errors import BenchError
 from bench.contract.protocol import FinalResult
 from bench.driver.campaign import Campaign
 from bench.driver.run import check_resources
-from bench.driver.suite import Budget, parse_suite
+from bench.driver.budget import Budget
+from bench.driver.suite import parse_suite
 from bench.records.rundir import compute_unit, metadata_unit
 from bench.records.tables import write_json, write_table
 from bench.worker.trial import trial_device

@@ -11,7 +11,8 @@ import pytest
 from bench.cli import main
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
-from bench.driver.suite import Budget, load_suite, parse_suite
+from bench.driver.budget import Budget
+from bench.driver.suite import load_suite, parse_suite
 from bench.zoo.task import Task
 from baselines import RandomSearch
 

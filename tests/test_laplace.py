@@ -255,7 +255,7 @@ def test_check_method_ntk():
 
 def test_sweep_then_finished():
     from bench.contract.method import FINISHED, Context
-    from bench.driver.suite import Budget
+    from bench.driver.budget import Budget
 
     method = LaplaceMarglik(lrs=(0.1, 1e-3))
     method.start(Context.of(TINY_TASK, 0, Budget()))
@@ -424,7 +424,7 @@ def test_a_late_run_has_its_first_round_at_the_burnin_fraction():
 def test_bad_schedule_options_are_refused(bad):
     from bench.contract.errors import BenchError
     from bench.contract.method import Context
-    from bench.driver.suite import Budget
+    from bench.driver.budget import Budget
 
     with pytest.raises(BenchError):
         LaplaceMarglik(**bad).start(Context.of(TINY_TASK, 0, Budget()))

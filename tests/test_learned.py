@@ -13,7 +13,8 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.method import Context
 from bench.driver.campaign import Campaign, run_inline
-from bench.driver.suite import Budget, parse_suite
+from bench.driver.budget import Budget
+from bench.driver.suite import parse_suite
 from bench.records.tables import frame
 from bench.worker.trial import task_data
 from bench.zoo.task import Task

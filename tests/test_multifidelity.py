@@ -14,7 +14,7 @@ from bench.contract import schema as S
 from bench.contract.space import Param
 from bench.driver.campaign import Campaign, run_inline
 from bench.driver.replay_suite import parse_replay_suite, run_replay
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.records.tables import frame, write_table
 from bench.testing import check_method
 from bench.zoo.task import Task

@@ -303,7 +303,7 @@ def test_a_repeat_is_recorded_after_its_run_and_told_as_that_run():
     follows t0000's; the method hears it as ok with t0000's score, the records say repeat."""
     from bench.driver.campaign import Campaign, CampaignQueue
     from bench.driver.replay import SimulatedClock, simulate
-    from bench.driver.suite import Budget
+    from bench.driver.budget import Budget
     from bench.testing import _recorded
 
     recorded, task, seed, grid_s = _recorded()

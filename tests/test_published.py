@@ -15,12 +15,13 @@ from bench.analysis.curves import anytime_curves
 from bench.cli import main
 from bench.contract import schema as S
 from bench.contract.method import FINISHED, Method
+from bench.driver.budget import Budget
 from bench.driver.campaign import Campaign, CampaignQueue, run_inline
-from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.driver.replay import SimulatedClock, simulate
 from bench.driver.replay_suite import parse_replay_suite, run_replay
-from bench.driver.suite import Budget
 from bench.records.journal import AT, Journal, read_journal
 from bench.records.published import RECORD_SETS, published_bo
+from bench.records.recorded import Recorded, RecordedTask
 from bench.records.tables import comparable, frame
 from bench.testing import TINY_TASK
 

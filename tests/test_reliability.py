@@ -21,10 +21,11 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.method import Context, Result
 from bench.contract.protocol import EpochReport, FinalResult
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.driver.campaign import Campaign, CampaignQueue, without_cut_short
-from bench.driver.replay import Recorded, RecordedTask, SimulatedClock, simulate
+from bench.driver.replay import SimulatedClock, simulate
 from bench.records.journal import AT, Journal, read_journal, rewrite_journal
+from bench.records.recorded import Recorded, RecordedTask
 from bench.records.tables import comparable, frame, read_table, write_table
 from bench.worker.faults import parse_faults
 from bench.zoo.task import Task

@@ -215,7 +215,7 @@ def test_the_suites_methods_run_on_a_study_preprocessed_task(cache, method):
     from bench.contract import schema as S
     from bench.contract.space import Param
     from bench.driver.campaign import Campaign, run_inline
-    from bench.driver.suite import Budget
+    from bench.driver.budget import Budget
 
     fake_pets(cache, {"trainval": 4, "test": 2})
     one = [Param(name, 0.01, 0.01, (0.01,)) for name in ("lr", "alpha", "beta")]

@@ -11,7 +11,7 @@ import pytest
 from baselines import RandomSearch
 from bench.contract.space import Param, suggestion_problems
 from bench.driver.campaign import BadSuggestion, Campaign, CampaignQueue, run_inline
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.testing import TINY_TASK, _recorded
 
 

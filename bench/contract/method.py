@@ -40,7 +40,7 @@ class Context:
     @classmethod
     def of(cls, task: Task, seed: int, budget, discrete: bool = False) -> Context:
         """The context of ``task``'s campaign for ``seed`` under ``budget`` (a
-        ``bench.driver.suite.Budget``): the cap is the task's own if it sets one."""
+        ``bench.driver.budget.Budget``): the cap is the task's own if it sets one."""
         return cls(task, search_space(task), seed, task.cap_s or budget.cap_s, budget.workers,
                    discrete)
 

@@ -18,7 +18,7 @@ from bench.contract.method import FINISHED, Context, Method, Result
 from bench.contract.protocol import (SCORES, Decision, EpochReport, Event, FinalResult,
                                      TrialRequest, event, event_kind)
 from bench.contract.space import suggestion_problems
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.worker.trial import TrialSpec, execute_trial
 from bench.zoo.task import Task
 

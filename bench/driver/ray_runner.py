@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 
 from bench.contract.protocol import Decision, EpochReport, FinalResult, TrialRequest, parse_result
 from bench.driver.campaign import CampaignQueue
-from bench.driver.suite import Budget
+from bench.driver.budget import Budget
 from bench.worker.trial import TrialSpec, execute_trial
 
 

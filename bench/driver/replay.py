@@ -10,7 +10,8 @@ configuration (``retrain_all = true``). A harness run's recorded per-epoch repor
 (``bench.records.learning_curves``) are replayed at their steps, validation metrics included
 where recorded, so pruning methods act on them; a pruning method (``reports_validation``)
 is refused on records without them for every configuration (published records have none).
-The replay suites that drive it: ``bench.driver.replay_suite``.
+The recorded runs themselves: ``bench.records.recorded``; the replay suites that drive it:
+``bench.driver.replay_suite``.
 """
 
 from __future__ import annotations
@@ -19,117 +20,15 @@ import heapq
 import itertools
 import json
 import math
-from dataclasses import dataclass
-
-import pandas as pd
 
 from bench.contract import schema as S
 from bench.contract.protocol import SCORES, Decision, EpochReport, FinalResult, TrialRequest
-from bench.contract.space import Param
 from bench.driver.campaign import CampaignQueue
-from bench.records.learning_curves import LearningCurves, report_times
-from bench.records.published import PREFIX, config_key, published_runs
-from bench.records.tables import read_reports, read_trials
+from bench.records.learning_curves import report_times
+from bench.records.recorded import Recorded
 
 REPORTS_PER_TRIAL = 10  # simulated epoch reports of a run whose epoch time is unknown
 NODE = "replay"  # where a replayed trial ran
-
-
-@dataclass(frozen=True)
-class RecordedTask:
-    """A task of the records: its name, the discrete space its configurations span, and
-    (where the records have per-epoch reports) a full search run's steps and reports."""
-
-    name: str
-    space: tuple[Param, ...]
-    cap_s: float | None = None
-    steps: int | None = None
-    epochs: int | None = None  # evaluation reports of a full search run
-
-    def search_space(self) -> tuple[Param, ...]:
-        return self.space
-
-
-class Recorded:
-    """Finished runs, looked up by (task, seed, kind, configuration), with their per-epoch
-    reports where the records keep them (a harness run directory's reports.parquet). Of
-    two runs of one configuration, one with validation at every epoch is the one used."""
-
-    def __init__(self, trials: pd.DataFrame, reports: pd.DataFrame | None = None) -> None:
-        ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
-        self.curves = LearningCurves(reports)
-        validated = [self.curves.validated(r) for r in ok.to_dict("records")]
-        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]],
-                       _validated=validated).sort_values("_validated", kind="stable")
-        self.runs = {(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"]): r
-                     for r in ok.to_dict("records")}
-        self.trials = ok
-
-    def _search_runs(self, task: str, seeds=None) -> list[dict]:
-        return [r for (t, seed, kind, _), r in self.runs.items()
-                if t == task and kind == S.SEARCH and (seeds is None or seed in seeds)]
-
-    def steps(self, task: str) -> int | None:
-        """A full search run's optimiser steps (None: not recorded)."""
-        done = pd.to_numeric(pd.Series([r.get(S.STEPS_DONE) for r in self._search_runs(task)],
-                                       dtype=object), errors="coerce").dropna()
-        return int(done.max()) if len(done) else None
-
-    def epochs(self, task: str) -> int | None:
-        """Evaluation reports of a full search run (None: no per-epoch validation)."""
-        counts = [len(self.curves.of(r)) for r in self._search_runs(task)
-                  if self.curves.validated(r)]
-        return max(counts) if counts else None
-
-    def unvalidated(self, task: str, seeds) -> tuple[int, int]:
-        """(configurations without per-epoch validation, configurations) of the task's
-        search runs at ``seeds``."""
-        runs = self._search_runs(task, set(seeds))
-        return sum(not self.curves.validated(r) for r in runs), len(runs)
-
-    def tasks(self) -> list[str]:
-        return sorted(set(self.trials[S.TASK]))
-
-    def space(self, task: str) -> tuple[Param, ...]:
-        """Each hyperparameter's recorded values (grid), over the task's search runs, in a
-        live task's order: the learning rate first, then the regularizer's (by name)."""
-        runs = self.trials[(self.trials[S.TASK] == task) & (self.trials[S.KIND] == S.SEARCH)]
-        configs = [json.loads(c) for c in runs[S.CONFIG]]
-        params = []
-        for name in sorted({k for c in configs for k in c}, key=lambda k: (k != "lr", k)):
-            values = sorted({float(c[name]) for c in configs if name in c}, reverse=True)
-            positive = [v for v in values if v > 0]
-            params.append(Param(name, min(positive or [1.0]), max(positive or [1.0]),
-                                tuple(values)))
-        return tuple(params)
-
-    def lookup(self, task: str, seed: int, kind: str, hp: dict) -> dict | None:
-        return self.runs.get((task, seed, kind, config_key(hp)))
-
-
-SEPARATOR = ", "  # between the record sets of a suite that replays several
-
-
-def load_records(source: str) -> pd.DataFrame:
-    if source.startswith(PREFIX):
-        return pd.concat([published_runs(part) for part in source.split(SEPARATOR)],
-                         ignore_index=True)
-    return read_trials(source)
-
-
-def load_reports(source: str) -> pd.DataFrame | None:
-    """The records' per-epoch reports: a run directory's; published records have none."""
-    return None if source.startswith(PREFIX) else read_reports(source)
-
-
-def load_recorded(source: str, method: str | None = None) -> Recorded:
-    """The records of ``source`` with their reports; only the runs of the method labelled
-    ``method`` if given (a run directory's grid, beside the other methods it ran)."""
-    trials, reports = load_records(source), load_reports(source)
-    if method is not None:
-        trials = trials[trials[S.METHOD] == method]
-        reports = None if reports is None else reports[reports[S.METHOD] == method]
-    return Recorded(trials, reports)
 
 
 class SimulatedClock:

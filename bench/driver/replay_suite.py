@@ -35,12 +35,13 @@ import pandas as pd
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver.campaign import CampaignQueue
-from bench.driver.replay import SEPARATOR, SimulatedClock, load_recorded, simulate
+from bench.driver.replay import SimulatedClock, simulate
 from bench.driver.run_output import (RunView, check_output_dir, lock_run_dir, now_stamp,
                                      release_run_dir, run_metadata)
 from bench.driver.suite import NOT_REPLAY, Suite, parse_suite
 from bench.driver.suite_records import is_published
 from bench.records.published import COMPUTE_UNIT, published_bo, record_set
+from bench.records.recorded import SEPARATOR, load_recorded
 from bench.records.tables import frame, write_json, write_table, write_text
 
 LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at most this often

@@ -20,9 +20,11 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.contract.method import Method
 from bench.contract.options import require_bool
-from bench.driver.replay import SEPARATOR, Recorded, RecordedTask, load_recorded, load_records
-from bench.driver.suite import Budget, MethodSpec, RecordedTaskTable, RecordSource
+from bench.driver.budget import Budget
+from bench.driver.suite import MethodSpec, RecordedTaskTable, RecordSource
 from bench.records.published import PREFIX, RECORD_SETS, config_key, record_set
+from bench.records.recorded import (SEPARATOR, Recorded, RecordedTask, load_recorded,
+                                   load_records)
 
 
 def is_published(records: RecordSource) -> bool:

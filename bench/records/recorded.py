@@ -1,0 +1,116 @@
+"""The recorded-run model replays run on: finished runs looked up by (task, seed, kind,
+configuration), with their per-epoch reports where recorded, and the tasks they span.
+Records come from the published DE-ELBo study (``published:<name>``, several joined by
+``SEPARATOR``) or from a harness run directory. The simulator that replays them:
+``bench.driver.replay``; the replay suite's checks against them: ``bench.driver.suite_records``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.contract import schema as S
+from bench.contract.space import Param
+from bench.records.learning_curves import LearningCurves
+from bench.records.published import PREFIX, config_key, published_runs
+from bench.records.tables import read_reports, read_trials
+
+
+@dataclass(frozen=True)
+class RecordedTask:
+    """A task of the records: its name, the discrete space its configurations span, and
+    (where the records have per-epoch reports) a full search run's steps and reports."""
+
+    name: str
+    space: tuple[Param, ...]
+    cap_s: float | None = None
+    steps: int | None = None
+    epochs: int | None = None  # evaluation reports of a full search run
+
+    def search_space(self) -> tuple[Param, ...]:
+        return self.space
+
+
+class Recorded:
+    """Finished runs, looked up by (task, seed, kind, configuration), with their per-epoch
+    reports where the records keep them (a harness run directory's reports.parquet). Of
+    two runs of one configuration, one with validation at every epoch is the one used."""
+
+    def __init__(self, trials: pd.DataFrame, reports: pd.DataFrame | None = None) -> None:
+        ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
+        self.curves = LearningCurves(reports)
+        validated = [self.curves.validated(r) for r in ok.to_dict("records")]
+        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]],
+                       _validated=validated).sort_values("_validated", kind="stable")
+        self.runs = {(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"]): r
+                     for r in ok.to_dict("records")}
+        self.trials = ok
+
+    def _search_runs(self, task: str, seeds=None) -> list[dict]:
+        return [r for (t, seed, kind, _), r in self.runs.items()
+                if t == task and kind == S.SEARCH and (seeds is None or seed in seeds)]
+
+    def steps(self, task: str) -> int | None:
+        """A full search run's optimiser steps (None: not recorded)."""
+        done = pd.to_numeric(pd.Series([r.get(S.STEPS_DONE) for r in self._search_runs(task)],
+                                       dtype=object), errors="coerce").dropna()
+        return int(done.max()) if len(done) else None
+
+    def epochs(self, task: str) -> int | None:
+        """Evaluation reports of a full search run (None: no per-epoch validation)."""
+        counts = [len(self.curves.of(r)) for r in self._search_runs(task)
+                  if self.curves.validated(r)]
+        return max(counts) if counts else None
+
+    def unvalidated(self, task: str, seeds) -> tuple[int, int]:
+        """(configurations without per-epoch validation, configurations) of the task's
+        search runs at ``seeds``."""
+        runs = self._search_runs(task, set(seeds))
+        return sum(not self.curves.validated(r) for r in runs), len(runs)
+
+    def tasks(self) -> list[str]:
+        return sorted(set(self.trials[S.TASK]))
+
+    def space(self, task: str) -> tuple[Param, ...]:
+        """Each hyperparameter's recorded values (grid), over the task's search runs, in a
+        live task's order: the learning rate first, then the regularizer's (by name)."""
+        runs = self.trials[(self.trials[S.TASK] == task) & (self.trials[S.KIND] == S.SEARCH)]
+        configs = [json.loads(c) for c in runs[S.CONFIG]]
+        params = []
+        for name in sorted({k for c in configs for k in c}, key=lambda k: (k != "lr", k)):
+            values = sorted({float(c[name]) for c in configs if name in c}, reverse=True)
+            positive = [v for v in values if v > 0]
+            params.append(Param(name, min(positive or [1.0]), max(positive or [1.0]),
+                                tuple(values)))
+        return tuple(params)
+
+    def lookup(self, task: str, seed: int, kind: str, hp: dict) -> dict | None:
+        return self.runs.get((task, seed, kind, config_key(hp)))
+
+
+SEPARATOR = ", "  # between the record sets of a suite that replays several
+
+
+def load_records(source: str) -> pd.DataFrame:
+    if source.startswith(PREFIX):
+        return pd.concat([published_runs(part) for part in source.split(SEPARATOR)],
+                         ignore_index=True)
+    return read_trials(source)
+
+
+def load_reports(source: str) -> pd.DataFrame | None:
+    """The records' per-epoch reports: a run directory's; published records have none."""
+    return None if source.startswith(PREFIX) else read_reports(source)
+
+
+def load_recorded(source: str, method: str | None = None) -> Recorded:
+    """The records of ``source`` with their reports; only the runs of the method labelled
+    ``method`` if given (a run directory's grid, beside the other methods it ran)."""
+    trials, reports = load_records(source), load_reports(source)
+    if method is not None:
+        trials = trials[trials[S.METHOD] == method]
+        reports = None if reports is None else reports[reports[S.METHOD] == method]
+    return Recorded(trials, reports)
