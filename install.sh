@@ -20,8 +20,9 @@ Usage: ./install.sh                 Debian's dataset-fashion-mnist, and .venv (o
                                     download into DIR every wheel the harness needs that the
                                     target lacks (needs network; installs nothing here)
        ./install.sh --offline DIR   install from wheelhouse DIR with no network: .venv (or
-                                    $BENCH_VENV; made with --system-site-packages, so that the
-                                    target's own torch is used) with the harness (editable)
+                                    $BENCH_VENV; a new one sees python3's own packages, its
+                                    torch, even where python3 is itself a virtual environment)
+                                    with the harness (editable)
        ./install.sh --help
 
 --wheelhouse options:
@@ -33,7 +34,8 @@ Usage: ./install.sh                 Debian's dataset-fashion-mnist, and .venv (o
   --with-torch          also download torch, torchvision and their CUDA libraries (left out
                         by default: the target installs them the way its CUDA wants)
   --part-size MIB       spread the wheels over DIR/part-1, DIR/part-2, ..., each at most
-                        MIB (for a transport with a size limit; --offline reads all parts)
+                        MIB, a larger wheel cut in pieces (for a transport with a size
+                        limit; --offline joins the pieces and reads all parts)
 Ray's wheel is repacked without ray/jars (Java workers, not used from Python). Debian's
 dataset-fashion-mnist is not a wheel: --offline leaves it out and says what needs it.
 EOF
@@ -81,9 +83,24 @@ if [ "$mode" = offline ]; then
     host=python3; [ ! -x "$venv/bin/python" ] || host=$venv/bin/python
     folders=$("$host" scripts/wheelhouse.py folders "$dir") || exit 2
     export PIP_FIND_LINKS=${folders//$'\n'/ }
-    [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
-    "$venv/bin/python" -m pip install -q -e '.[test]'
-    "$venv/bin/python" -m pip install -q --no-deps animal-mnist==0.4
+    if [ ! -x "$venv/bin/python" ]; then
+        [ ! -e "$venv" ] || fail "$venv exists and is not a virtual environment"
+        # python3's packages seen from the new venv through a .pth file: --system-site-packages
+        # would miss them where python3 is itself a venv (as on our GPU nodes).
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            echo "note: python3 has no ensurepip: $venv gets no pip of its own; python3's pip" \
+                 "installs into it"
+            rm -rf "$venv" && python3 -m venv --without-pip "$venv"
+        }
+        purelib=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+        python3 -c 'import site; print("import site; " + "; ".join(
+            f"site.addsitedir({d!r})" for d in site.getsitepackages()))' \
+            >"$purelib/_python3_packages.pth"
+    fi
+    pip=("$venv/bin/python" -m pip)
+    "${pip[@]}" --version >/dev/null 2>&1 || pip=(python3 -m pip --python "$venv/bin/python")
+    "${pip[@]}" install -q -e '.[test]'
+    "${pip[@]}" install -q --no-deps animal-mnist==0.4
     if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
         echo "note: Debian's dataset-fashion-mnist (not a wheel) is not installed: the" \
              "small-cnn backbone and the fashion-mnist data set need it (apt-get install" \

@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +28,10 @@ from pathlib import Path
 
 try:
     from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 except ImportError:  # every pip vendors packaging
     from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = "finetune-hpo-bench"
@@ -42,6 +45,7 @@ NO_DEPS = ("animal-mnist==0.4",)
 PLATFORMS = ([f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)]
              + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"])
 JARS = "ray/jars/"
+PIECE = ".piece-"  # NAME.whl.piece-001: a wheel larger than a part, cut
 SOURCES = ("pyproject.toml", "README.md", "bench", "baselines", "methods")  # what the wheel holds
 HAVE_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?(?:==([^\s;,]+))?$")
 
@@ -117,6 +121,16 @@ def needed(report: dict, root: str, extras: tuple[str, ...], have: set[str],
     return {name: resolved[name]["version"] for name in sorted(found)}
 
 
+def _check_requires_python(report: dict, python_version: str) -> None:
+    target = f"{python_version}.0"
+    for item in report["install"]:
+        meta = item["metadata"]
+        if not SpecifierSet(meta.get("requires_python") or "").contains(target, prereleases=True):
+            raise UsageError(f"{meta['name']} {meta['version']} needs Python "
+                             f"{meta['requires_python']}, not {python_version}: run "
+                             f"./install.sh --wheelhouse with Python {python_version} itself")
+
+
 def _record_hash(data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
     return "sha256=" + digest.decode()
@@ -174,33 +188,72 @@ def _target_args(python_version: str) -> list[str]:
     return args
 
 
-def split_parts(out: Path, part_bytes: int) -> list[list[str]]:
+def _cut(wheel: Path, piece_bytes: int) -> list[Path]:
+    """Cuts ``wheel`` into NAME.whl.piece-001, -002, ... of at most ``piece_bytes``."""
+    pieces = []
+    with wheel.open("rb") as whole:
+        while chunk := whole.read(piece_bytes):
+            pieces.append(wheel.with_name(f"{wheel.name}{PIECE}{len(pieces) + 1:03d}"))
+            pieces[-1].write_bytes(chunk)
+    wheel.unlink()
+    return pieces
+
+
+def split_parts(out: Path, part_bytes: int) -> tuple[list[list[str]], dict[str, dict]]:
     """Moves the wheels of ``out`` into out/part-1, part-2, ..., each at most ``part_bytes``
-    (largest first, each into the first part with room): for transports with a size limit."""
+    (largest first, each into the first part with room): for transports with a size limit.
+    A wheel larger than a part travels in pieces, joined again by --offline; the parts' file
+    names and, per wheel cut, its pieces' count and sha256."""
+    cut = {}
+    for wheel in out.glob("*.whl"):
+        if wheel.stat().st_size > part_bytes:
+            cut[wheel.name] = {"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                               "pieces": len(_cut(wheel, part_bytes))}
     parts: list[list[Path]] = []
-    for wheel in sorted(out.glob("*.whl"), key=lambda w: -w.stat().st_size):
-        size = wheel.stat().st_size
-        if size > part_bytes:
-            raise UsageError(f"--part-size: {wheel.name} alone is {size / 2**20:.1f} MiB")
+    files = [*out.glob("*.whl"), *out.glob(f"*.whl{PIECE}*")]
+    for item in sorted(files, key=lambda w: (-w.stat().st_size, w.name)):
+        size = item.stat().st_size
         fits = [p for p in parts if sum(w.stat().st_size for w in p) + size <= part_bytes]
         if not fits:
             parts.append([])
             fits = [parts[-1]]
-        fits[0].append(wheel)
+        fits[0].append(item)
     names = []
-    for index, wheels in enumerate(parts, 1):
+    for index, items in enumerate(parts, 1):
         folder = out / f"part-{index}"
         folder.mkdir()
-        for wheel in wheels:
-            wheel.rename(folder / wheel.name)
-        names.append(sorted(w.name for w in wheels))
-    return names
+        for item in items:
+            item.rename(folder / item.name)
+        names.append(sorted(w.name for w in items))
+    return names, cut
+
+
+def _join(root: Path, folders: list[Path], cut: dict[str, dict]) -> list[str]:
+    """Joins each cut wheel whose pieces are all there into root/joined; the wheels that
+    lack a piece."""
+    lacking = []
+    for wheel, info in sorted(cut.items()):
+        names = [f"{wheel}{PIECE}{i:03d}" for i in range(1, info["pieces"] + 1)]
+        found = {p.name: p for folder in folders for p in folder.glob(f"{wheel}{PIECE}*")}
+        if not set(names) <= set(found):
+            lacking.append(wheel)
+            continue
+        joined = root / "joined" / wheel
+        if joined.is_file() and hashlib.sha256(joined.read_bytes()).hexdigest() == info["sha256"]:
+            continue
+        joined.parent.mkdir(exist_ok=True)
+        data = b"".join(found[name].read_bytes() for name in names)
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise UsageError(f"--offline: the pieces of {wheel} do not make the wheel cut "
+                             "(a piece damaged or from another wheelhouse)")
+        joined.write_bytes(data)
+    return lacking
 
 
 def _is_ours(path: Path) -> bool:
     """What an earlier build left in its directory (and a new build replaces)."""
     return (path.suffix == ".whl" or path.name == "wheelhouse.json"
-            or (path.is_dir() and path.name.startswith("part-")))
+            or (path.is_dir() and (path.name.startswith("part-") or path.name == "joined")))
 
 
 def _refuse_foreign(out: Path) -> None:
@@ -229,10 +282,14 @@ def _fill(out: Path, python_version: str, have: dict[str, str | None],
         report_path = Path(tmp, "report.json")
         constraints = Path(tmp, "constraints.txt")  # the target's versions: what we add fits them
         constraints.write_text("".join(f"{n}=={v}\n" for n, v in have.items() if v))
-        _pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(report_path),
-             "--target", str(Path(tmp, "target")), *_target_args(python_version),
-             "-c", str(constraints), f"{harness}[{','.join(EXTRAS)}]")
+        # pip install (23.2) checks Requires-Python against the Python running it, not the
+        # target's: told to ignore it, then checked against the target's below.
+        _pip("install", "-q", "--dry-run", "--ignore-installed", "--ignore-requires-python",
+             "--report", str(report_path), "--target", str(Path(tmp, "target")),
+             *_target_args(python_version), "-c", str(constraints),
+             f"{harness}[{','.join(EXTRAS)}]")
         report = json.loads(report_path.read_text())
+    _check_requires_python(report, python_version)
     wanted = needed(report, HARNESS, EXTRAS, set(have), marker_env(python_version))
     wanted.pop(normalize(HARNESS))
     # The offline build of the editable checkout needs setuptools in the wheelhouse itself.
@@ -250,7 +307,9 @@ def _fill(out: Path, python_version: str, have: dict[str, str | None],
                 "left_out": {n: v for n, v in sorted(have.items())},
                 "ray_jars_dropped_bytes": dropped, "wheels": wheels,
                 "bytes": sum((out / w).stat().st_size for w in wheels),
-                "parts": split_parts(out, part_bytes) if part_bytes else []}
+                "parts": [], "cut": {}}
+    if part_bytes:
+        manifest["parts"], manifest["cut"] = split_parts(out, part_bytes)
     text = json.dumps(manifest, indent=1) + "\n"
     for folder in [out, *out.glob("part-*")]:  # each part says what it belongs to
         (folder / "wheelhouse.json").write_text(text)
@@ -279,8 +338,8 @@ def build(out: Path, python_version: str, have: dict[str, str | None],
 
 
 def wheel_folders(root: Path) -> list[Path]:
-    """The folders of wheelhouse ``root`` (itself, or its parts) for this Python; refuses a
-    wheelhouse made for another Python or with parts missing."""
+    """The folders of wheelhouse ``root`` (itself, its parts, the wheels joined from pieces)
+    for this Python; refuses a wheelhouse made for another Python or with parts missing."""
     manifests = [root / "wheelhouse.json", *sorted(root.glob("part-*/wheelhouse.json"))]
     manifest_path = next((m for m in manifests if m.is_file()), None)
     if not root.is_dir() or manifest_path is None:
@@ -292,13 +351,16 @@ def wheel_folders(root: Path) -> list[Path]:
         raise UsageError(f"--offline: {root} holds wheels for Python "
                          f"{manifest['python_version']}, this Python is {here}")
     folders = [root, *sorted(p for p in root.glob("part-*") if p.is_dir())]
+    cut = manifest.get("cut", {})
+    lacking = _join(root, folders, cut)
+    folders.append(root / "joined")
     present = {w.name for folder in folders for w in folder.glob("*.whl")}
-    missing = sorted(set(manifest["wheels"]) - present)
+    missing = sorted(set(manifest["wheels"]) - present - set(cut) | set(lacking))
     if missing:
         raise UsageError(f"--offline: {root} lacks {len(missing)} of its "
                          f"{len(manifest['wheels'])} wheels ({missing[0]}, ...): "
                          "copy all of its parts")
-    return folders
+    return [folder for folder in folders if folder.is_dir()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,10 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--with-torch", action="store_true",
                       help="also download torch, torchvision and their CUDA libraries")
     make.add_argument("--part-size", type=float, metavar="MIB",
-                      help="spread the wheels over DIR/part-1, part-2, ..., each <= MIB")
+                      help="spread the wheels over DIR/part-1, part-2, ..., each <= MIB "
+                      "(a larger wheel in pieces)")
     check = commands.add_parser("folders", help="check DIR for this Python; its wheel folders")
     check.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped build cleans up
     try:
         if args.command == "folders":
             print("\n".join(str(folder) for folder in wheel_folders(args.dir)))

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -158,23 +159,35 @@ def test_have_reads_a_list_or_a_pip_freeze_file(tmp_path):
         "torch": "2.11.0", "pyarrow": None, "pandas": "2.2.3"}
 
 
-def test_parts_stay_under_their_size(tmp_path):
-    for name, size in [("a", 60), ("b", 50), ("c", 30), ("d", 20), ("e", 10)]:
-        (tmp_path / f"{name}-1-py3-none-any.whl").write_bytes(b"x" * size)
-    parts = wheelhouse.split_parts(tmp_path, 80)
-    assert sorted(sum(parts, [])) == sorted(p.name for p in tmp_path.glob("part-*/*.whl"))
-    assert len(sum(parts, [])) == 5 and not list(tmp_path.glob("*.whl"))
+def test_parts_stay_under_their_size_and_offline_joins_the_pieces(tmp_path):
+    sizes = {"a": 60, "b": 50, "c": 30, "d": 20, "e": 10, "huge": 190}
+    wheels = {f"{n}-1-py3-none-any.whl": bytes(range(256))[:size] for n, size in sizes.items()}
+    for name, data in wheels.items():
+        (tmp_path / name).write_bytes(data)
+    parts, cut = wheelhouse.split_parts(tmp_path, 80)
+    assert not list(tmp_path.glob("*.whl"))
     for folder in tmp_path.glob("part-*"):
-        assert sum(w.stat().st_size for w in folder.glob("*.whl")) <= 80
-    (tmp_path / "huge-1-py3-none-any.whl").write_bytes(b"x" * 81)
-    with pytest.raises(wheelhouse.UsageError, match="alone is"):
-        wheelhouse.split_parts(tmp_path, 80)
+        assert sum(f.stat().st_size for f in folder.iterdir()) <= 80
+    assert cut["huge-1-py3-none-any.whl"]["pieces"] == 3  # 80 + 80 + 30
+    assert len(sum(parts, [])) == 5 + 3
+    _manifest(tmp_path, "%d.%d" % sys.version_info[:2], sorted(wheels), cut=cut)
+    folders = wheelhouse.wheel_folders(tmp_path)
+    found = {w.name: w.read_bytes() for folder in folders for w in folder.glob("*.whl")}
+    assert found == wheels  # every wheel, the cut one joined whole again
+    piece = next(tmp_path.glob("part-*/huge-1-py3-none-any.whl.piece-002"))
+    piece.write_bytes(b"x" * piece.stat().st_size)
+    (tmp_path / "joined" / "huge-1-py3-none-any.whl").unlink()
+    with pytest.raises(wheelhouse.UsageError, match="pieces of huge-1"):
+        wheelhouse.wheel_folders(tmp_path)
+    piece.unlink()
+    with pytest.raises(wheelhouse.UsageError, match="lacks 1 of its 6 wheels"):
+        wheelhouse.wheel_folders(tmp_path)
 
 
-def _manifest(folder: Path, python_version: str, wheels: list[str]) -> None:
+def _manifest(folder: Path, python_version: str, wheels: list[str], cut=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "wheelhouse.json").write_text(json.dumps(
-        {"python_version": python_version, "wheels": wheels}))
+        {"python_version": python_version, "wheels": wheels, "cut": cut or {}}))
 
 
 def test_offline_refuses_a_wheelhouse_for_another_python(tmp_path):
@@ -192,3 +205,11 @@ def test_offline_refuses_a_wheelhouse_with_a_part_missing(tmp_path):
     result = _install("--offline", str(tmp_path / "wh"), tmp_path=tmp_path)
     assert result.returncode == 2 and "lacks 1 of its 2 wheels" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "venv").exists()
+
+
+def test_a_wheel_for_a_newer_python_is_refused_for_the_target():
+    report = {"install": [{"metadata": {"name": "numpy", "version": "2.9",
+                                        "requires_python": ">=3.13"}}]}
+    wheelhouse._check_requires_python(report, "3.13")
+    with pytest.raises(wheelhouse.UsageError, match="numpy 2.9 needs Python >=3.13, not 3.12"):
+        wheelhouse._check_requires_python(report, "3.12")
