@@ -1,0 +1,215 @@
+"""A live display of a suite as it runs (``bench run``, ``bench replay``) on a terminal: campaigns
+done of total, trials running, compute spent of the caps, elapsed and an estimate of the time
+left, and each task's current incumbent. ``bench.driver.run_output.RunView`` shows it in place
+of the plain progress lines when stderr is a terminal.
+
+It is redrawn from the drivers' callbacks, at most every ``REDRAW_S``: a trial's callback
+costs a clock read, so a replay finishing thousands of trials a second is not slowed. rich's own
+thread repaints the last drawing (no campaign state read) once a second, so the clock moves
+while long trials run."""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import time
+
+from bench.contract import schema as S
+from bench.driver.suite import Suite
+
+REDRAW_S = 0.5  # at most two drawings a second from the callbacks
+DRAW_SHARE = 0.001  # and drawing (and rich's repainting) takes at most this share of the time
+TASK_ROWS = 8  # the tasks shown: the latest ones started (a suite may have dozens)
+
+
+def terminal_console():
+    """A rich console on stderr where stderr is a terminal; None elsewhere (plain lines)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def amount(seconds: float) -> str:
+    """Compute in its unit, to the second; a cap left at an "unlimited" 1e12 stays short."""
+    return f"{seconds:,.0f}" if seconds < 1e7 else f"{seconds:.3g}"
+
+
+def shorten(name: str, width: int) -> str:
+    """``name`` in ``width`` characters, its end kept (tasks differ in their ends: -N100)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 3
+    return name[:head] + "\N{HORIZONTAL ELLIPSIS}" + name[len(name) - (width - 1 - head):]
+
+
+def campaign_finished(campaign) -> bool:
+    """Whether a campaign rebuilt from a resumed run's journal has nothing left to run (its
+    done callback came before the driver died, so none will come now)."""
+    return (not campaign.rerun and not campaign.retrain_queue and not campaign.running()
+            and (campaign.method_done or campaign.over_cap()))
+
+
+class _Clock:
+    """Elapsed and time left, worked out when rich paints (also from its own thread), from
+    the fraction of the suite done at the last drawing."""
+
+    def __init__(self, display: "LiveDisplay") -> None:
+        self.display = display
+
+    def __rich__(self):
+        from rich.text import Text
+
+        shown = self.display
+        elapsed = (shown.ended or time.perf_counter()) - shown.started
+        if shown.ended:
+            left = "finished"
+        elif shown.fraction > 0:
+            left = f"about {clock(elapsed * (1 - shown.fraction) / shown.fraction)} left"
+        else:
+            left = "time left unknown yet"
+        return Text(f"elapsed {clock(elapsed)}, {left}")
+
+
+class LiveDisplay:
+    """What ``bench.driver.run_output.Progress`` does, drawn in place on a rich console.
+    ``campaigns`` is the driver's list of campaigns started so far (appended to as they
+    start; a resumed run's rebuilt ones are in it before any callback)."""
+
+    def __init__(self, suite: Suite, campaigns: list, console) -> None:
+        from bench.driver.run_output import campaign_plans
+
+        plans = campaign_plans(suite)
+        self.total = len(plans)
+        self.cap_total = sum(task.cap_s or suite.budget.cap_s for task, _, _ in plans)
+        self.unit = suite.budget.unit_label
+        self.title = f"{'replay' if suite.replay else 'run'} {suite.name}"
+        self.campaigns, self.console = campaigns, console
+        self.seen = 0  # campaigns[:seen] are sorted into done and active
+        self.finished: set[int] = set()  # indices of the campaigns done
+        self.done_spent = 0.0  # tuning compute of the done campaigns
+        self.active: dict[int, object] = {}
+        self.latest: dict[str, object] = {}  # task name -> its latest campaign started
+        self.started = time.perf_counter()
+        self.ended: float | None = None
+        self.fraction = 0.0  # of the suite done, at the last drawing
+        self.drawn_at = -float("inf")
+        self.draw_s = 0.0  # how long the last drawing took
+        self.live = None
+
+    # -- the Progress interface, called by RunView and the drivers
+
+    def campaign(self, campaign) -> None:
+        self._changed(force=True)
+
+    def record(self, campaign, row: dict) -> None:
+        if row[S.STATUS] == S.FAILED:  # worth a line above the display, as in plain mode
+            error = (row.get(S.ERROR) or "?")[:80]
+            self.say(f"[{campaign.index + 1}/{self.total}] {campaign.task.name} | "
+                     f"{campaign.label} | seed {campaign.seed}: {row[S.KIND]} failed ({error})")
+        self._changed()
+
+    def done(self, campaign) -> None:
+        self._sort_in()
+        self._finish(campaign)
+        self._changed(force=True)
+
+    def say(self, line: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(line))  # above the display while it is shown
+
+    def stop(self) -> None:
+        """Draw the last state and leave it on the terminal (at the last campaign's end, or
+        at exit for a driver that stopped early)."""
+        if self.live is None or self.ended is not None:
+            return
+        self.ended = time.perf_counter()
+        self._draw()
+        self.live.stop()
+        atexit.unregister(self.stop)
+
+    # -- drawing
+
+    def _changed(self, force: bool = False) -> None:
+        """Draw if due: ``REDRAW_S`` after the last drawing (right away for a campaign's
+        start or end), and never so often that drawing takes over ``DRAW_SHARE`` of the
+        time."""
+        if self.ended is not None:
+            return
+        if self.live is None:
+            self._start()
+        if len(self.finished) == self.total:
+            self.stop()
+        elif time.perf_counter() - self.drawn_at >= max(0.0 if force else REDRAW_S,
+                                                        self.draw_s / DRAW_SHARE):
+            self._draw()
+
+    def _start(self) -> None:
+        from rich.live import Live
+
+        self._sort_in(resumed=True)
+        self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=1)
+        self._draw()
+        self.live.start(refresh=True)
+        atexit.register(self.stop)  # a driver that raised leaves the terminal as it was
+
+    def _sort_in(self, resumed: bool = False) -> None:
+        """Campaigns started since the last look: active, or (rebuilt from a journal)
+        done."""
+        for campaign in self.campaigns[self.seen:]:
+            self.latest[campaign.task.name] = campaign
+            self.active[campaign.index] = campaign
+            if resumed and campaign_finished(campaign):
+                self._finish(campaign)
+        self.seen = len(self.campaigns)
+
+    def _finish(self, campaign) -> None:
+        if campaign.index not in self.finished:
+            self.finished.add(campaign.index)
+            self.done_spent += campaign.spent_s
+            self.active.pop(campaign.index, None)
+
+    def _draw(self) -> None:
+        from rich.console import Group
+        from rich.text import Text
+
+        self._sort_in()
+        start = time.perf_counter()
+        active = list(self.active.values())
+        spent = self.done_spent + sum(c.tuning_spent() for c in active)
+        self.fraction = (len(self.finished) + sum(min(1.0, c.tuning_spent() / c.cap_s)
+                                              for c in active)) / self.total
+        running = sum(len(c.running()) for c in active)
+        summary = Text(f"{self.title}: {len(self.finished)}/{self.total} campaigns done, "
+                       f"{running} trials running\ncompute {amount(spent)}/"
+                       f"{amount(self.cap_total)} {self.unit}")
+        self.live.update(Group(summary, _Clock(self), self._tasks()), refresh=True)
+        self.drawn_at = time.perf_counter()
+        self.draw_s = self.drawn_at - start
+
+    def _tasks(self):
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("task", "method", "seed", "trials", "compute", "best val_nll"):
+            table.add_column(column, justify="left" if column in ("task", "method") else
+                             "right", no_wrap=True)
+        width = max(16, self.console.width - 64)  # long task names give way first
+        latest = list(self.latest.items())
+        if len(latest) > TASK_ROWS:
+            table.caption = f"and {len(latest) - TASK_ROWS} earlier tasks"
+        for task, c in latest[-TASK_ROWS:]:
+            tuning = sum(1 for r in c.rows if r[S.KIND] != S.RETRAIN)
+            done = " \N{CHECK MARK}" if c.index in self.finished else ""
+            best = "-" if c.best is None else f"{c.best[0]:.4f} {c.best[1]}" + (
+                "" if c.select_by == "val_nll" else f" ({c.select_by})")
+            table.add_row(shorten(task, width), c.label + done, str(c.seed), str(tuning),
+                          f"{amount(c.tuning_spent())}/{amount(c.cap_s)}", best)
+        return table
