@@ -318,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
                         "started and stopped by the harness)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="show no progress (else a live display on a terminal, one line per "
+                        "finished trial elsewhere)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("replay", help="replay search methods on recorded runs (simulated time)",
@@ -329,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_directory,
                    help="run directory (default: runs/<suite name>); new or empty: "
                         "neither a run nor other files")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="show no progress (else a live display on a terminal, one line per "
+                        "finished trial elsewhere)")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "
