@@ -8,6 +8,7 @@ Accuracies are fractions in [0, 1]; compute is what the records charge (``RESOUR
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import numpy as np
@@ -49,6 +50,14 @@ def _key(value) -> str:
     return str(value)
 
 
+def _plain_strings(table: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as Python objects: a row read from an Arrow-backed column is boxed one
+    value at a time, which made reading a large run's rows most of the curves' time."""
+    text = {c: object for c in table.columns if pd.api.types.is_string_dtype(table[c])
+            and table[c].dtype != object}
+    return table.astype(text) if text else table
+
+
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
     """Completion order, as a user would have seen the runs finish."""
     return runs.sort_values([ENDED_S, TRIAL_ID], kind="stable")
@@ -78,11 +87,15 @@ def _selection(group: pd.DataFrame) -> str:
     return OBJECTIVE if OBJECTIVE in group and search[OBJECTIVE].notna().any() else VAL_NLL
 
 
-def _search_curve(group: pd.DataFrame, group_key, rows: list) -> None:
-    """Charge each incumbent's retrain on top of the search so far, as the DE-ELBo study does."""
-    retrains = _retrains(group)
-    spent, best, score = 0.0, None, _selection(group)
-    for k, t in enumerate(_ordered(group[group[KIND] == SEARCH]).to_dict("records"), start=1):
+def _search_curve(group: list[dict], group_key, rows: list, score: str) -> None:
+    """Charge each incumbent's retrain on top of the search so far, as the DE-ELBo study does.
+    ``group``: the campaign's runs in completion order (``_ordered``)."""
+    retrains: dict[str, dict] = {}  # as ``_retrains``: the earliest usable retrain wins
+    for r in group:
+        if r[KIND] == RETRAIN and r[STATUS] == OK and pd.notna(r[TEST_ACC]):
+            retrains.setdefault(_key(r[RETRAIN_OF]), r)
+    spent, best = 0.0, None
+    for k, t in enumerate((r for r in group if r[KIND] == SEARCH), start=1):
         spent += _cost(t[RESOURCE_S])
         if t[STATUS] == OK and pd.notna(t[score]) and (best is None or t[score] < best[score]):
             best = t
@@ -91,15 +104,34 @@ def _search_curve(group: pd.DataFrame, group_key, rows: list) -> None:
             _point(rows, group_key, k, spent + _cost(retrain[RESOURCE_S]), retrain, best)
 
 
-def _learned_curve(group: pd.DataFrame, group_key, rows: list) -> None:
+def _learned_curve(group: list[dict], group_key, rows: list) -> None:
     """A learned method's runs score themselves on the test set; its own objective selects."""
     spent, best = 0.0, None
-    for k, t in enumerate(_ordered(group[group[KIND] == LEARNED]).to_dict("records"), start=1):
+    for k, t in enumerate((r for r in group if r[KIND] == LEARNED), start=1):
         spent += _cost(t[RESOURCE_S])
         if t[STATUS] == OK and pd.notna(t[OBJECTIVE]) and (best is None or t[OBJECTIVE] < best[OBJECTIVE]):
             best = t
         if best is not None:
             _point(rows, group_key, k, spent, best, best)
+
+
+_CURVE_INPUTS = (TASK, METHOD, SEED, TRIAL_ID, KIND, STATUS, ENDED_S, RESOURCE_S, VAL_NLL,
+                 OBJECTIVE, RETRAIN_OF, TEST_ACC, TEST_NLL)
+
+
+def _campaign_runs(trials: pd.DataFrame):
+    """((task, method, seed), its runs in completion order as dicts), by key: one stable
+    sort of the whole table (key first) orders each campaign as ``_ordered`` would, and
+    its rows are read once (a campaign at a time through pandas cost most of the time)."""
+    keys = [TASK, METHOD, SEED]
+    table = _plain_strings(trials[[c for c in _CURVE_INPUTS if c in trials]])
+    if table[keys].isna().to_numpy().any():  # a missing key: pandas' own groups
+        for key, group in table.groupby(keys, sort=True, dropna=False):
+            yield key, _ordered(group).to_dict("records")
+        return
+    ordered = table.sort_values(keys + [ENDED_S, TRIAL_ID], kind="stable")
+    yield from ((key, list(group)) for key, group in itertools.groupby(
+        ordered.to_dict("records"), key=lambda r: (r[TASK], r[METHOD], r[SEED])))
 
 
 def anytime_curves(trials: pd.DataFrame) -> pd.DataFrame:
@@ -113,12 +145,15 @@ def anytime_curves(trials: pd.DataFrame) -> pd.DataFrame:
     _require(trials, [VAL_NLL, RETRAIN_OF, TEST_ACC, TEST_NLL] if SEARCH in kinds else [], "anytime_curves")
     _require(trials, [OBJECTIVE, TEST_ACC, TEST_NLL] if LEARNED in kinds else [], "anytime_curves")
     rows: list[dict] = []
-    for key, group in trials.groupby([TASK, METHOD, SEED], sort=True, dropna=False):
-        has_search, has_learned = (group[KIND] == SEARCH).any(), (group[KIND] == LEARNED).any()
+    for key, group in _campaign_runs(trials):
+        has_search = any(r[KIND] == SEARCH for r in group)
+        has_learned = any(r[KIND] == LEARNED for r in group)
         if has_search and has_learned:
             raise BenchError(f"method {key[1]!r} of task {key[0]!r} has both search and learned runs")
-        if has_search:
-            _search_curve(group, key, rows)
+        if has_search:  # the selection score as ``_selection`` picks it
+            objective = OBJECTIVE in trials and any(
+                r[KIND] == SEARCH and pd.notna(r[OBJECTIVE]) for r in group)
+            _search_curve(group, key, rows, OBJECTIVE if objective else VAL_NLL)
         elif has_learned:
             _learned_curve(group, key, rows)
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
@@ -130,12 +165,14 @@ def _step_values(curve: pd.DataFrame, xs: np.ndarray) -> np.ndarray:
     Compute is not monotone in k (a new incumbent can have a cheaper retrain), so the value
     at budget x is that of the latest k whose compute fits in x.
     """
-    by_compute = curve.sort_values([COMPUTE_S, K], kind="stable")
-    latest_k = np.maximum.accumulate(by_compute[K].to_numpy())
-    idx = np.searchsorted(by_compute[COMPUTE_S].to_numpy(float), xs, side="right") - 1
+    compute, ks = curve[COMPUTE_S].to_numpy(float), curve[K].to_numpy()
+    by_compute = np.lexsort((ks, compute))  # k is unique within a curve: any sort agrees
+    latest_k = np.maximum.accumulate(ks[by_compute])
+    idx = np.searchsorted(compute[by_compute], xs, side="right") - 1
     out = np.full(len(xs), np.nan)
-    acc_by_k = curve.set_index(K)[TEST_ACC]
-    out[idx >= 0] = acc_by_k.loc[latest_k[idx[idx >= 0]]].to_numpy(float)
+    by_k = np.argsort(ks, kind="stable")
+    at = by_k[np.searchsorted(ks[by_k], latest_k[idx[idx >= 0]])]
+    out[idx >= 0] = curve[TEST_ACC].to_numpy(float)[at]
     return out
 
 
@@ -147,6 +184,9 @@ def _seed_matrix(method_curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     xs = np.unique(method_curves[COMPUTE_S].to_numpy(float))
     vals = np.vstack([_step_values(g, xs) for _, g in method_curves.groupby(SEED, sort=True)])
     return xs, vals
+
+
+_PAIRWISE = 8  # numpy sums fewer values than this one after another, more pairwise
 
 
 def aggregate_curves(curves: pd.DataFrame, band: str = "ci") -> pd.DataFrame:
@@ -172,7 +212,11 @@ def aggregate_curves(curves: pd.DataFrame, band: str = "ci") -> pd.DataFrame:
             low[complete], high[complete] = mean_interval(vals[:, complete])
         elif complete.any() and band == "minmax":
             low[complete], high[complete] = vals[:, complete].min(0), vals[:, complete].max(0)
-        mean = np.array([v[s].mean() for v, s in zip(vals.T, started.T)])
+        if len(vals) < _PAIRWISE:  # the started seeds summed in seed order, as numpy's
+            # mean of so few values does (adding 0 for a seed not started is exact)
+            mean = np.where(started, vals, 0.0).sum(axis=0) / started.sum(axis=0)
+        else:
+            mean = np.array([v[s].mean() for v, s in zip(vals.T, started.T)])
         frames.append(pd.DataFrame({TASK: task, METHOD: method, COMPUTE_S: xs, "mean": mean,
                                     "low": low, "high": high, "seeds": started.sum(axis=0),
                                     "complete": complete}))
@@ -203,6 +247,31 @@ def _reach(xs: np.ndarray, vals: np.ndarray, target: float) -> float:
     return np.nan if below[-1] == len(xs) - 1 else float(xs[below[-1] + 1])
 
 
+def _reach_each(xs: np.ndarray, vals: np.ndarray, target: float) -> np.ndarray:
+    """``_reach`` of each resample at once: ``vals`` has shape (resamples, seeds, computes);
+    inf where ``_reach`` is NaN. The same sums in the same order, so the same values."""
+    complete = ~np.isnan(vals).any(axis=1)
+    mean = vals.mean(axis=1)
+    below = complete & (mean < target)
+    last = xs.size - 1 - np.argmax(below[:, ::-1], axis=1)  # the last compute below
+    out = np.where(below.any(axis=1), np.inf, xs[np.argmax(complete, axis=1)])
+    inside = below.any(axis=1) & (last < xs.size - 1)
+    out[inside] = xs[last[inside] + 1]
+    out[~complete.any(axis=1)] = np.inf
+    return out
+
+
+def _reach_rows(xs: np.ndarray, vals: np.ndarray, rows: np.ndarray, target: float,
+                chunk_values: int = 2**22) -> np.ndarray:
+    """``_reach_each`` of the seed resamples ``rows`` (shape (..., seeds)), a chunk of
+    resamples at a time so that memory stays bounded."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    step = max(1, chunk_values // max(1, vals.size))
+    out = np.concatenate([_reach_each(xs, vals[flat[i:i + step]], target)
+                          for i in range(0, len(flat), step)])
+    return out.reshape(rows.shape[:-1])
+
+
 def _bootstrap_candidates(group: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """OK search trials with a retrain, best validation NLL (or selection score) first (ties:
     earlier completion)."""
@@ -217,13 +286,31 @@ def _bootstrap_candidates(group: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return cand, bool(all(keep))
 
 
-def _bootstrap_k(cand: pd.DataFrame, k: int, draws: int, rng: np.random.Generator):
+_UNIT_BITS = 53  # Generator.random draws multiples of 2**-53 in [0, 1)
+
+
+def _first_k(uniform: np.ndarray, k: int) -> np.ndarray:
+    """``np.argsort(uniform, axis=1)[:, :k]``, faster: each draw, an integer below 2**53,
+    carries its column in the low bits of one uint64 key, and keys sort without indices.
+    The draws are distinct (a tie has odds of about n**2 / 2**53), so the order is the
+    same; with too many columns for the spare bits, argsort itself."""
+    n = uniform.shape[1]
+    bits = max(1, (n - 1).bit_length())
+    if _UNIT_BITS + bits > 64:
+        return np.argsort(uniform, axis=1)[:, :k]
+    keys = (uniform * 2.0 ** _UNIT_BITS).astype(np.uint64) << np.uint64(bits)
+    keys |= np.arange(n, dtype=np.uint64)
+    keys.sort(axis=1)
+    return (keys[:, :k] & np.uint64((1 << bits) - 1)).astype(np.intp)
+
+
+def _bootstrap_k(cand: dict, k: int, draws: int, rng: np.random.Generator):
     """Candidates are sorted best-first, so a subset's winner is its smallest index."""
-    n = len(cand)
-    picks = np.arange(n)[None, :] if k == n else np.argsort(rng.random((draws, n)), axis=1)[:, :k]
+    n = len(cand["_acc"])
+    picks = np.arange(n)[None, :] if k == n else _first_k(rng.random((draws, n)), k)
     winner = picks.min(axis=1)
-    compute = cand["_search_s"].to_numpy()[picks].sum(axis=1) + cand["_retrain_s"].to_numpy()[winner]
-    acc = cand["_acc"].to_numpy()[winner]
+    compute = cand["_search_s"][picks].sum(axis=1) + cand["_retrain_s"][winner]
+    acc = cand["_acc"][winner]
     low, high = np.percentile(acc, [2.5, 97.5])
     return compute.mean(), acc.mean(), low, high
 
@@ -242,15 +329,16 @@ def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500,
     _require(trials, _BASE + [VAL_NLL, RETRAIN_OF, TEST_ACC], "grid_bootstrap")
     if draws < 1:
         raise BenchError(f"grid_bootstrap: draws must be at least 1, got {draws}")
-    mine = trials[trials[METHOD] == method]
+    mine = _plain_strings(trials[trials[METHOD] == method])
     if mine.empty:
         raise BenchError(f"grid_bootstrap: no runs of method {method!r}")
     rows = []
     for (task, s), group in mine.groupby([TASK, SEED], sort=True):
         cand, complete = _bootstrap_candidates(group)
         rng = np.random.default_rng([seed, zlib.crc32(f"{task}\0{s}".encode())])
+        columns = {c: cand[c].to_numpy() for c in ("_search_s", "_retrain_s", "_acc")}
         for k in range(1, len(cand) + 1):
-            stats = _bootstrap_k(cand, k, draws, rng)
+            stats = _bootstrap_k(columns, k, draws, rng)
             rows.append(dict(zip(BOOTSTRAP_COLUMNS, (task, method, s, k, *stats, complete))))
     per_seed = pd.DataFrame(rows, columns=BOOTSTRAP_COLUMNS)
     if by_seed:
@@ -315,7 +403,8 @@ def compute_to_target(curves: pd.DataFrame, reference: str = "grid",
             low = high = np.nan
             if interval:
                 low, high = seed_interval(len(vals), lambda rows, xs=xs, vals=vals:
-                                          np.nan_to_num(_reach(xs, vals[rows], target), nan=np.inf))
+                                          _reach_rows(xs, vals, rows, target),
+                                          vectorized=True)
             rows.append({TASK: task, METHOD: m, "target": target + _EPS,
                          "final_acc": final_acc[m], "final_compute_s": final_compute[m],
                          "compute_to_target_s": reach[m], "compute_to_target_low": low,

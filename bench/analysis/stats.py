@@ -40,17 +40,21 @@ def mean_interval(values) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ci.low, dtype=float), np.asarray(ci.high, dtype=float)
 
 
-def seed_interval(seeds: int, statistic: Callable[[np.ndarray], float]) -> tuple[float, float]:
+def seed_interval(seeds: int, statistic: Callable[[np.ndarray], float],
+                  vectorized: bool = False) -> tuple[float, float]:
     """95% interval of ``statistic(rows)`` where ``rows`` indexes ``seeds`` seeds drawn with
     replacement. A statistic that does not exist for a resample returns inf (e.g. compute
-    to a target never reached), so the interval's high end can be inf."""
+    to a target never reached), so the interval's high end can be inf. ``vectorized``:
+    ``statistic`` takes every resample at once, rows of shape (..., seeds), and returns
+    one value per resample (the same resamples, so the same interval, in one call)."""
     if seeds < 2:
         return np.nan, np.nan
 
-    def on_rows(sample: np.ndarray) -> float:
-        return statistic(sample.astype(int))
+    def on_rows(sample: np.ndarray, axis: int = -1) -> float:
+        return statistic(np.moveaxis(sample, axis, -1).astype(int))
 
-    ci = _bootstrap(np.arange(seeds, dtype=float), on_rows, vectorized=False).confidence_interval
+    ci = _bootstrap(np.arange(seeds, dtype=float), on_rows,
+                    vectorized=vectorized).confidence_interval
     # percentiles between two inf draws come out NaN: they are inf
     return tuple(float(np.inf if np.isnan(v) else v) for v in (ci.low, ci.high))
 
