@@ -18,17 +18,20 @@ from bench.contract import schema as S
 from bench.driver.suite import Suite
 
 REDRAW_S = 0.5  # at most two drawings a second from the callbacks
-DRAW_SHARE = 0.001  # and drawing (and rich's repainting) takes at most this share of the time
+DRAW_SHARE = 0.001  # and drawing from them takes at most this share of the time,
+LONGEST_GAP_S = 5.0  # unless drawing is slow (the first imports rich): then every 5 s
 TASK_ROWS = 8  # the tasks shown: the latest ones started (a suite may have dozens)
 
 
 def terminal_console():
-    """A rich console on stderr where stderr is a terminal; None elsewhere (plain lines)."""
+    """A rich console on stderr where stderr is a terminal that can redraw in place; None
+    elsewhere (plain lines)."""
     if not sys.stderr.isatty():
         return None
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=True)
+    return None if console.is_dumb_terminal else console  # it could not redraw in place
 
 
 def clock(seconds: float) -> str:
@@ -139,16 +142,16 @@ class LiveDisplay:
 
     def _changed(self, force: bool = False) -> None:
         """Draw if due: ``REDRAW_S`` after the last drawing (right away for a campaign's
-        start or end), and never so often that drawing takes over ``DRAW_SHARE`` of the
-        time."""
+        start or end), and not so often that drawing takes over ``DRAW_SHARE`` of the time
+        (but at least every ``LONGEST_GAP_S`` while callbacks come)."""
         if self.ended is not None:
             return
         if self.live is None:
             self._start()
         if len(self.finished) == self.total:
             self.stop()
-        elif time.perf_counter() - self.drawn_at >= max(0.0 if force else REDRAW_S,
-                                                        self.draw_s / DRAW_SHARE):
+        elif time.perf_counter() - self.drawn_at >= min(LONGEST_GAP_S, max(
+                0.0 if force else REDRAW_S, self.draw_s / DRAW_SHARE)):
             self._draw()
 
     def _start(self) -> None:
