@@ -99,7 +99,10 @@ if [ "$mode" = offline ]; then
     fi
     pip=("$venv/bin/python" -m pip)
     "${pip[@]}" --version >/dev/null 2>&1 || pip=(python3 -m pip --python "$venv/bin/python")
-    "${pip[@]}" install -q -e '.[test]'
+    # Built with the wheelhouse's setuptools in the venv: an isolated build would also see
+    # python3's packages through the .pth, its older setuptools among them.
+    "${pip[@]}" install -q --ignore-installed --no-deps 'setuptools>=68'
+    "${pip[@]}" install -q --no-build-isolation -e '.[test]'
     "${pip[@]}" install -q --no-deps animal-mnist==0.4
     if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
         echo "note: Debian's dataset-fashion-mnist (not a wheel) is not installed: the" \
