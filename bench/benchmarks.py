@@ -198,3 +198,44 @@ def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> lis
             rows.append(overhead_shares(out))
     print_overhead(suite.name, rows)
     return rows
+
+
+REPLAY_STAGES = (("load", "load_s"), ("simulate", "simulate_s"), ("tables", "write_s"),
+                 ("report", "report_s"), ("figures", "figures_s"))
+
+
+def replay_benchmark(suite_path: str, out: str | None = None) -> dict:
+    """Replay a suite as ``bench replay`` does (parse and check it, replay, report, figures)
+    into ``out`` (default: a temporary directory) and print the wall time of each stage
+    and the simulated trials per second. "load" counts reading the suite, checking it
+    against its records and starting every method on every task and seed."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.analysis.plots import plot_run
+    from bench.analysis.report import report_run
+    from bench.driver.replay_suite import run_replay
+    from bench.driver.suite import load_suite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(out) if out else Path(tmp) / "replay"
+        started = time.perf_counter()
+        suite = load_suite(suite_path, replay_only=True)
+        stages: dict = {}
+        parsed = time.perf_counter()
+        run_replay(suite, target, progress=False, stages=stages)
+        stages["load_s"] += parsed - started
+        clock = time.perf_counter()
+        report_run(target)
+        stages["report_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        plot_run(target)
+        stages["figures_s"] = time.perf_counter() - clock
+        stages["total_s"] = time.perf_counter() - started
+    print(f"replay of suite {suite.name}: {stages['trials']} simulated trials, "
+          f"{stages['trials'] / stages['simulate_s']:.0f} trials/s while simulating")
+    print(f"{'stage':10} {'wall s':>8} {'share':>6}")
+    for name, key in REPLAY_STAGES:
+        print(f"{name:10} {stages[key]:8.1f} {stages[key] / stages['total_s']:6.1%}")
+    print(f"{'total':10} {stages['total_s']:8.1f}")
+    return stages

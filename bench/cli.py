@@ -157,6 +157,8 @@ def _cmd_benchmark(args) -> int:
         from methods._ntk import ntk_scaling_benchmark
 
         ntk_scaling_benchmark(backbone=args.backbone, ns=tuple(args.ns), repeats=args.repeats)
+    elif args.what == "replay":
+        benchmarks.replay_benchmark(args.suite or "suites/published.toml", out=args.out)
     elif args.what == "gpu":
         from bench.gpu_check import gpu_check
 
@@ -415,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("benchmark", help="speed figures: training loop, harness overhead, "
-                       "the GPU check")
-    p.add_argument("what", choices=["loop", "harness", "ntk", "prefix", "gpu"], nargs="?",
+                       "replay, the GPU check")
+    p.add_argument("what", choices=["loop", "harness", "ntk", "prefix", "gpu", "replay"],
+                   nargs="?",
                    default="loop",
                    help="loop: harness vs bare PyTorch img/s; harness: a suite's overhead "
                         "share and throughput per pool size; ntk: one NTK-bound hyper-step "
@@ -425,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cached prefix outputs (trainable_blocks); gpu: on a machine with "
                         "CUDA, pytest -m gpu, the GPU quick suite packed at 0.25, and its grid "
                         "at one trial per GPU, packed, and packed in bf16 (trials per hour, "
-                        "GPU utilisation), all into --out")
+                        "GPU utilisation), all into --out; replay: bench replay of --suite "
+                        "(default suites/published.toml) with report and figures, the wall "
+                        "time of each stage and simulated trials per second")
     p.add_argument("--steps", type=int, default=30,
                    help="loop, prefix: timed steps per measurement")
     p.add_argument("--batch-size", type=int, default=32, help="loop, prefix: batch size")
@@ -433,9 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loop, prefix: runs, best kept; ntk: timings, median kept")
     p.add_argument("--suite", default=None, help="harness: the suite to time (default "
                    "suites/overhead.toml); gpu: the suite to check (default "
-                   "suites/gpu-quick.toml)")
+                   "suites/gpu-quick.toml); replay: the replay suite (default "
+                   "suites/published.toml)")
     p.add_argument("--out", default=None, help="gpu: a new directory for everything the check "
-                   "writes (default runs/gpu-check)")
+                   "writes (default runs/gpu-check); replay: a new directory to keep the "
+                   "replay in (default: a temporary one)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
     p.add_argument("--run-dir", default=None,

@@ -44,7 +44,9 @@ from bench.records.published import COMPUTE_UNIT, published_bo, record_set
 from bench.records.recorded import SEPARATOR, load_recorded
 from bench.records.tables import frame, write_json, write_table, write_text
 
-LIVE_TABLE_S = 5.0  # a replay rewrites its live trials and reports tables at most this often
+# a replay rewrites its live trials and reports tables at most this often: each rewrite
+# copies every row so far (a suite's replay writes 400,000 report rows)
+LIVE_TABLE_S = 30.0
 
 
 def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
@@ -52,17 +54,22 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
     return parse_suite(text, origin, replay_only=True)
 
 
-def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "") -> Path:
+def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "",
+               stages: dict | None = None) -> Path:
     """Replay ``suite`` into ``out`` (records, metadata), as ``bench.driver.run.run_suite`` runs a
-    live one: the same metadata, progress lines and live tables."""
+    live one: the same metadata, progress lines and live tables. ``stages``, if given,
+    receives the seconds spent loading the records, simulating and writing the tables."""
     if not suite.replay:
         raise BenchError(NOT_REPLAY.format(origin=f"suite {suite.name!r}"))
+    stages = {} if stages is None else stages
     records = suite.records
     out = Path(out)
     check_output_dir(out, resumable=False)
+    loading = time.perf_counter()
     recorded = load_recorded(records.name, records.method)
     clock = SimulatedClock()
     started = time.perf_counter()
+    stages["load_s"] = started - loading
     view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
     queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True), view.started,
                           view.done)
@@ -77,6 +84,7 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
         write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
         write_text(out / S.SUITE_FILE, suite.source)
         simulate(queue, recorded, suite.budget.workers, clock)
+        stages["simulate_s"] = time.perf_counter() - started
         rows = [r for c in view.campaigns for r in c.rows]
         if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
             rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
@@ -94,6 +102,8 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
         write_json(out / S.METADATA_FILE, metadata | {
             "ended": now_stamp(), "simulated_s": clock.now,
             "replay_wall_s": time.perf_counter() - started})
+        stages["write_s"] = time.perf_counter() - started - stages["simulate_s"]
+        stages["trials"] = len(rows)  # simulated here (published BO traces are not)
     finally:
         release_run_dir(lock)
     return out

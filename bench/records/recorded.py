@@ -7,6 +7,7 @@ Records come from the published DE-ELBo study (``published:<name>``, several joi
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -108,7 +109,20 @@ def load_reports(source: str) -> pd.DataFrame | None:
 
 def load_recorded(source: str, method: str | None = None) -> Recorded:
     """The records of ``source`` with their reports; only the runs of the method labelled
-    ``method`` if given (a run directory's grid, beside the other methods it ran)."""
+    ``method`` if given (a run directory's grid, beside the other methods it ran).
+    Published record sets never change: read once per process (a replay suite's checks
+    and its replay share them); a run directory is read every time."""
+    if source.startswith(PREFIX):
+        return _published_recorded(source, method)
+    return _load_recorded(source, method)
+
+
+@functools.lru_cache(maxsize=4)
+def _published_recorded(source: str, method: str | None) -> Recorded:
+    return _load_recorded(source, method)
+
+
+def _load_recorded(source: str, method: str | None) -> Recorded:
     trials, reports = load_records(source), load_reports(source)
     if method is not None:
         trials = trials[trials[S.METHOD] == method]
