@@ -125,3 +125,18 @@ def test_the_bootstrap_subsets_are_argsorts_first_k(columns):
     for k in (1, columns // 2 or 1, columns):
         uniform = rng.random((40, columns))
         assert np.array_equal(C._first_k(uniform, k), np.argsort(uniform, axis=1)[:, :k])
+
+
+def test_a_cached_grid_bootstrap_equals_a_drawn_one(replayed, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    drawn = C.grid_bootstrap(replayed, by_seed=True)
+    files = sorted((tmp_path / "cache" / "bootstrap").glob("*.npy"))
+    assert len(files) == replayed.groupby([S.TASK, S.SEED]).ngroups
+    pd.testing.assert_frame_equal(C.grid_bootstrap(replayed, by_seed=True), drawn,
+                                  check_exact=True)
+    files[0].write_bytes(files[0].read_bytes()[:40])  # cut short: drawn again, rewritten
+    other = replayed.assign(**{S.RESOURCE_S: replayed[S.RESOURCE_S] * 2})
+    pd.testing.assert_frame_equal(C.grid_bootstrap(replayed, by_seed=True), drawn,
+                                  check_exact=True)
+    assert not C.grid_bootstrap(other, by_seed=True)[S.COMPUTE_S].equals(drawn[S.COMPUTE_S])
+    assert len(list((tmp_path / "cache" / "bootstrap").glob("*.npy"))) == 2 * len(files)

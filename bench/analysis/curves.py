@@ -8,6 +8,7 @@ Accuracies are fractions in [0, 1]; compute is what the records charge (``RESOUR
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import zlib
 
@@ -19,6 +20,7 @@ from bench.contract.errors import BenchError
 from bench.contract.schema import (COMPUTE_S, ENDED_S, K, KIND, LEARNED, METHOD, OBJECTIVE, OK,
                                    RESOURCE_S, RETRAIN, RETRAIN_OF, SEARCH, SEED, STATUS, TASK,
                                    TEST_ACC, TEST_NLL, TRIAL_ID, VAL_NLL)
+from bench.records.tables import atomic_write
 
 CURVE_COLUMNS = [TASK, METHOD, SEED, K, COMPUTE_S, TEST_ACC, TEST_NLL, TRIAL_ID]
 # ``complete``: every seed has a point at this compute (only there is ``mean`` a mean over
@@ -315,6 +317,42 @@ def _bootstrap_k(cand: dict, k: int, draws: int, rng: np.random.Generator):
     return compute.mean(), acc.mean(), low, high
 
 
+_BOOTSTRAP_VERSION = b"grid-bootstrap-1"  # bump when what a cached file holds changes
+
+
+def _bootstrap_seed(columns: dict, draws: int, entropy: list[int]) -> np.ndarray:
+    """One (task, seed)'s (compute, mean, low, high) for k = 1 .. K, from its own generator
+    seeded with ``entropy``. The same candidates give the same numbers, so they are kept in
+    the cache (``$BENCH_CACHE``/bootstrap) by a hash of everything they depend on: a grid
+    replayed again (a method author's every replay) is not drawn again."""
+    from bench.zoo.cache import cache_dir
+
+    digest = hashlib.sha256(_BOOTSTRAP_VERSION + repr((draws, entropy)).encode())
+    for name in ("_search_s", "_retrain_s", "_acc"):
+        digest.update(np.ascontiguousarray(columns[name], dtype=float).tobytes())
+    try:
+        path = cache_dir("bootstrap") / f"{digest.hexdigest()}.npy"
+        cached = np.load(path) if path.is_file() else None
+    except (OSError, ValueError):  # no cache directory, or a file cut short: drawn again
+        path = cached = None
+    if cached is not None and cached.shape == (len(columns["_acc"]), 4):
+        return cached
+    rng = np.random.default_rng(entropy)
+    stats = np.array([_bootstrap_k(columns, k, draws, rng)
+                      for k in range(1, len(columns["_acc"]) + 1)], dtype=float).reshape(-1, 4)
+    if path is not None:
+        try:
+            atomic_write(path, lambda tmp: _save_array(tmp, stats))
+        except OSError:  # a cache that takes no file: the numbers stand anyway
+            pass
+    return stats
+
+
+def _save_array(path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.save given a name would add ".npy" to it
+        np.save(f, array)
+
+
 def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500, seed: int = 0,
                    *, by_seed: bool = False) -> pd.DataFrame:
     """The DE-ELBo study's subset bootstrap: what a k-configuration grid would have given.
@@ -335,10 +373,9 @@ def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500,
     rows = []
     for (task, s), group in mine.groupby([TASK, SEED], sort=True):
         cand, complete = _bootstrap_candidates(group)
-        rng = np.random.default_rng([seed, zlib.crc32(f"{task}\0{s}".encode())])
         columns = {c: cand[c].to_numpy() for c in ("_search_s", "_retrain_s", "_acc")}
-        for k in range(1, len(cand) + 1):
-            stats = _bootstrap_k(columns, k, draws, rng)
+        entropy = [seed, zlib.crc32(f"{task}\0{s}".encode())]
+        for k, stats in enumerate(_bootstrap_seed(columns, draws, entropy), start=1):
             rows.append(dict(zip(BOOTSTRAP_COLUMNS, (task, method, s, k, *stats, complete))))
     per_seed = pd.DataFrame(rows, columns=BOOTSTRAP_COLUMNS)
     if by_seed:
