@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                "143 by SIGTERM\nand 1 stopped early by Ray (all resumable with --resume DIR); "
                "1 also when a method's\nown hook raised (its traceback is printed).\n"
                "BENCH_FAULTS=CAMPAIGN:TRIAL=FAULT,... injects faults (raise, nan, oom, die) "
-               "into trials,\nto test that a suite survives them (see README, Reliability).")
+               "into trials,\nto test that a suite survives them (see docs/reliability.md).")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "
                                  "(one that names records) is replayed, as by bench replay "
                                  "(no --resume, --address)")
