@@ -33,7 +33,8 @@ from bench.records.tables import atomic_write
 
 DPI = 160
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, grey last
+           "#17becf", "#bcbd22", "#7f7f7f",  # matplotlib's tab10, grey last; then, so that
+           "#000080", "#9acd32", "#800000", "#ff1493", "#008080", "#daa520")  # 16 differ
 PANEL = (5.4, 3.7)  # inches per panel, one row per task
 GRID_PANEL = (3.6, 2.7)  # inches per panel of the small multiples (> MAX_COLUMNS tasks)
 MAX_COLUMNS = 6
