@@ -2,6 +2,7 @@
 display on one (driven here through a small replay on a rich console writing to a string),
 nothing with --quiet. The numbers the display ends with are worked out from the records."""
 
+import pickle
 import re
 from io import StringIO
 
@@ -86,3 +87,16 @@ def test_live_display_ends_with_the_campaigns_compute_and_incumbents(tmp_path, t
         score, trial = row.split()[-2:]
         assert score == f"{best:.4f}"
         assert trial in set(mine.loc[mine[S.VAL_NLL] == best, S.TRIAL_ID])
+
+
+def test_a_shown_display_pickles_without_its_terminal(terminal):
+    """Ray Tune pickles its searcher, which holds the driver's callbacks and so the display."""
+    suite = parse_replay_suite(SUITE)
+    display = live_display.LiveDisplay(suite, [], live_display.terminal_console())
+    display.campaign(None)  # the first event: the display is shown
+    try:
+        copy = pickle.loads(pickle.dumps(display))
+    finally:
+        display.stop()
+    assert copy.live is None and copy.console is None and copy.total == CAMPAIGNS
+    assert f"replay progress-test: 0/{CAMPAIGNS} campaigns done" in terminal.getvalue()

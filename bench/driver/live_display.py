@@ -4,9 +4,9 @@ left, and each task's current incumbent. ``bench.driver.run_output.RunView`` sho
 of the plain progress lines when stderr is a terminal.
 
 It is redrawn from the drivers' callbacks, at most every ``REDRAW_S``: a trial's callback
-costs a clock read, so a replay finishing thousands of trials a second is not slowed. rich's own
-thread repaints the last drawing (no campaign state read) once a second, so the clock moves
-while long trials run."""
+mostly costs a clock read, so a replay finishing thousands of trials a second is not slowed.
+rich's own thread repaints the last drawing once a second, its summary worked out anew (see
+``_Summary``), so the clock and the trials running move while long trials run."""
 
 from __future__ import annotations
 
@@ -59,9 +59,12 @@ def campaign_finished(campaign) -> bool:
             and (campaign.method_done or campaign.over_cap()))
 
 
-class _Clock:
-    """Elapsed and time left, worked out when rich paints (also from its own thread), from
-    the fraction of the suite done at the last drawing."""
+class _Summary:
+    """Campaigns done, trials running, compute charged, elapsed and time left: worked out
+    whenever rich paints (from its own thread too, so trials that start between callbacks
+    show), from reads that are safe while the driver changes its campaigns (lengths, floats,
+    a C-level copy of a dict's values). The time left is from the fraction of the suite done
+    at the last drawing."""
 
     def __init__(self, display: "LiveDisplay") -> None:
         self.display = display
@@ -70,6 +73,9 @@ class _Clock:
         from rich.text import Text
 
         shown = self.display
+        active = list(shown.active.values())
+        running = sum(len(c.requests) - len(c.done_ids) for c in active)
+        spent = shown.done_spent + sum(c.spent_s for c in active)  # trials finished
         elapsed = (shown.ended or time.perf_counter()) - shown.started
         if shown.ended:
             left = "finished"
@@ -77,7 +83,10 @@ class _Clock:
             left = f"about {clock(elapsed * (1 - shown.fraction) / shown.fraction)} left"
         else:
             left = "time left unknown yet"
-        return Text(f"elapsed {clock(elapsed)}, {left}")
+        return Text(f"{shown.title}: {len(shown.finished)}/{shown.total} campaigns done, "
+                    f"{running} trials running\ncompute {amount(spent)}/"
+                    f"{amount(shown.cap_total)} {shown.unit}\n"
+                    f"elapsed {clock(elapsed)}, {left}")
 
 
 class LiveDisplay:
@@ -105,6 +114,11 @@ class LiveDisplay:
         self.drawn_at = -float("inf")
         self.draw_s = 0.0  # how long the last drawing took
         self.live = None
+
+    def __getstate__(self) -> dict:
+        """Ray Tune pickles its searcher, and through it the driver's callbacks: a copy
+        has nothing to draw on (a terminal and rich's locks do not pickle)."""
+        return self.__dict__ | {"console": None, "live": None, "ended": self.started}
 
     # -- the Progress interface, called by RunView and the drivers
 
@@ -158,7 +172,9 @@ class LiveDisplay:
         from rich.live import Live
 
         self._sort_in(resumed=True)
-        self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=1)
+        # what is printed meanwhile goes above the display (stdout too, on the same terminal)
+        self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=1,
+                         redirect_stdout=sys.stdout.isatty())
         self._draw()
         self.live.start(refresh=True)
         atexit.register(self.stop)  # a driver that raised leaves the terminal as it was
@@ -174,26 +190,19 @@ class LiveDisplay:
         self.seen = len(self.campaigns)
 
     def _finish(self, campaign) -> None:
-        if campaign.index not in self.finished:
-            self.finished.add(campaign.index)
-            self.done_spent += campaign.spent_s
+        if campaign.index not in self.finished:  # in this order for _Summary's reads
             self.active.pop(campaign.index, None)
+            self.done_spent += campaign.spent_s
+            self.finished.add(campaign.index)
 
     def _draw(self) -> None:
         from rich.console import Group
-        from rich.text import Text
 
         self._sort_in()
         start = time.perf_counter()
-        active = list(self.active.values())
-        spent = self.done_spent + sum(c.tuning_spent() for c in active)
         self.fraction = (len(self.finished) + sum(min(1.0, c.tuning_spent() / c.cap_s)
-                                              for c in active)) / self.total
-        running = sum(len(c.running()) for c in active)
-        summary = Text(f"{self.title}: {len(self.finished)}/{self.total} campaigns done, "
-                       f"{running} trials running\ncompute {amount(spent)}/"
-                       f"{amount(self.cap_total)} {self.unit}")
-        self.live.update(Group(summary, _Clock(self), self._tasks()), refresh=True)
+                                              for c in self.active.values())) / self.total
+        self.live.update(Group(_Summary(self), self._tasks()), refresh=True)
         self.drawn_at = time.perf_counter()
         self.draw_s = self.drawn_at - start
 
