@@ -10,7 +10,7 @@ import itertools
 import json
 import time
 import traceback
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
@@ -19,8 +19,9 @@ from bench.contract.protocol import (SCORES, Decision, EpochReport, Event, Final
                                      TrialRequest, event, event_kind)
 from bench.contract.space import suggestion_problems
 from bench.driver.budget import Budget
-from bench.worker.trial import TrialSpec, execute_trial
-from bench.zoo.task import Task
+
+if TYPE_CHECKING:  # torch: a replay's campaigns run on records, and never import it
+    from bench.zoo.task import Task
 
 
 class MethodHookError(RuntimeError):
@@ -581,6 +582,8 @@ def without_cut_short(lines: list[dict]) -> list[dict]:
 def run_inline(campaign: Campaign) -> None:
     """Run a campaign's trials one after another in this process. An error of the
     method's own hooks stops the campaign (``MethodHookError``); it is not the trial's."""
+    from bench.worker.trial import TrialSpec, execute_trial
+
     spec = TrialSpec(campaign.task, campaign.seed, campaign.worker_method,
                      threads=max(1, int(campaign.budget.cpus_per_worker)),
                      gpus=campaign.budget.gpus_per_worker)
