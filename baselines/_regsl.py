@@ -2,11 +2,16 @@
 
 The authors' method is layer-wise Frobenius distance constraints (``layerwise``) plus
 self-labeling (label correction and loss reweighting, ``bench.worker.selflabel``), with the
-constraint radii tuned by Optuna. Here any search method plugin (``search``: grid, random,
-tpe, ...) tunes the learning rate, the radii (D, scale, D_head) and, unless
-``tune_temperature = false``, the reweighting temperature T; every trial trains with the
-constraints and self-labeling. The other self-labeling options are the task's
-``self_labeling`` table if it has one, else the authors' defaults.
+constraint radii tuned by Optuna: the backbone's radius D and the head's D_head, with the
+scale factor g = 1 and Adam at a fixed learning rate of 1e-4. Here any search method plugin
+(``search``: grid, random, tpe, ...) tunes, by default, the two radii and the learning rate
+(``tune``: the harness's loop is SGD with momentum, for which the authors' Adam learning rate
+has no meaning, so it is searched over the task's range; scale stays 1 unless tuned), and
+the reweighting temperature T only with ``tune_temperature = true``; a search taking
+``trials`` gets 20 unless set (TPE needs about that many; the authors ran 20 hyperopt
+evaluations for MARS-SP's radii). Every trial trains with the constraints and
+self-labeling. The other self-labeling options are the task's ``self_labeling`` table if it
+has one, else the authors' defaults.
 
 It is a method rather than a regularizer family so that one suite runs it on the same
 (noisy) tasks as L2-SP's grid search and the learned methods: the task's own regularizer
@@ -17,26 +22,33 @@ method, e.g. ``[methods.tpe-regsl] method = "regsl", search = "tpe", trials = 12
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from bench.contract.errors import BenchError
 from bench.contract.method import Context, FitData, Fitted, Method, Report, Result
 from bench.contract.options import require_bool
-from bench.contract.plugins import build_method
+from bench.contract.plugins import build_method, method_class
 from bench.zoo.regularizers import LayerwiseConstraint
 from bench.zoo.selflabel_config import SelfLabelingConfig
 
 TEMPERATURE = next(p for p in SelfLabelingConfig.SPACE if p.name == "temperature")
 
 
+TUNABLE = ("lr", "D", "scale", "D_head")  # in the space's order; T: tune_temperature
+FIXED = {"scale": 1.0}  # the authors' scale factor; D and D_head: LayerwiseConstraint's
+DEFAULT_TRIALS = 20
+
+
 class RegularizedSelfLabeling(Method):
-    """Regularized self-labeling (Li & Zhang 2021): layer-wise constraints plus label correction and reweighting, radii and T tuned by a search method (``search``, default tpe)."""
+    """Regularized self-labeling (Li & Zhang 2021): layer-wise constraints plus label correction and reweighting, radii tuned by a search method (``search``, default tpe)."""
 
     name = "regsl"
 
-    def __init__(self, search: str = "tpe", tune_temperature: bool = True,
-                 **search_options: Any) -> None:
+    def __init__(self, search: str = "tpe", tune: tuple[str, ...] = ("lr", "D", "D_head"),
+                 tune_temperature: bool = False, **search_options: Any) -> None:
         self.search = search
+        self.tune = tune
         self.tune_temperature = tune_temperature
         self.search_options = search_options
 
@@ -46,7 +58,11 @@ class RegularizedSelfLabeling(Method):
             if not isinstance(self.search, str) or self.search == self.name:
                 raise BenchError(f"regsl: search must name a search method plugin, "
                                  f"got {self.search!r}")
-            method = build_method(self.search, dict(self.search_options))
+            options = dict(self.search_options)
+            if "trials" not in options and "trials" in inspect.signature(
+                    method_class(self.search)).parameters:
+                options["trials"] = DEFAULT_TRIALS
+            method = build_method(self.search, options)
             if not method.uses_validation:
                 raise BenchError(f"regsl: search = {self.search!r} is not a search method "
                                  f"(it learns its hyperparameters without a validation split)")
@@ -68,11 +84,19 @@ class RegularizedSelfLabeling(Method):
 
     def start(self, context: Context) -> None:
         require_bool("tune_temperature", self.tune_temperature)
+        tune = self.tune
+        if not (isinstance(tune, (list, tuple)) and tune and set(tune) <= set(TUNABLE)
+                and len(set(tune)) == len(tune)):
+            raise BenchError(f"regsl: tune must be a non-empty list of distinct names among "
+                             f"{', '.join(TUNABLE)}, got {tune!r}")
+        if "lr" not in tune:  # SGD's learning rate has no authors' value to fix it at
+            raise BenchError("regsl: tune must include lr (the harness trains with SGD, "
+                             "whose learning rate the authors' Adam setting does not give)")
         if context.discrete:
             raise BenchError("regsl cannot be replayed: recorded runs do not span its space")
         lr = next(p for p in context.space if p.name == "lr")  # the task's lr range
-        space = (lr, *LayerwiseConstraint.space) + ((TEMPERATURE,) if self.tune_temperature
-                                                    else ())
+        space = tuple(p for p in (lr, *LayerwiseConstraint.space) if p.name in tune) + (
+            (TEMPERATURE,) if self.tune_temperature else ())
         super().start(context)
         self._search().start(dataclasses.replace(context, space=space))
 
@@ -90,7 +114,9 @@ class RegularizedSelfLabeling(Method):
         from bench.zoo.regularizers import make_regularizer
         from bench.worker.selflabel import SelfLabeling
 
-        radii = {p.name: config[p.name] for p in LayerwiseConstraint.space}
+        radii = {p.name: config.get(p.name, FIXED.get(p.name, getattr(LayerwiseConstraint,
+                                                                          p.name)))
+                 for p in LayerwiseConstraint.space}
         base = data.task.self_labeling or SelfLabelingConfig()
         hook = SelfLabeling(base.with_values(config))
         return standard_fit(data, config, report, self.reports_validation,
