@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import sys
 import time
+from pathlib import Path
 
 from bench.contract import schema as S
 from bench.driver.suite import Suite
@@ -52,11 +53,20 @@ def shorten(name: str, width: int) -> str:
     return name[:head] + "\N{HORIZONTAL ELLIPSIS}" + name[len(name) - (width - 1 - head):]
 
 
-def campaign_finished(campaign) -> bool:
-    """Whether a campaign rebuilt from a resumed run's journal has nothing left to run (its
-    done callback came before the driver died, so none will come now)."""
-    return (not campaign.rerun and not campaign.retrain_queue and not campaign.running()
-            and (campaign.method_done or campaign.over_cap()))
+def done_in_journal(path: Path | None) -> set[int]:
+    """The campaigns a resumed run's journal says are done: rebuilt from it, they get no
+    done callback now."""
+    from bench.contract.errors import BenchError
+    from bench.contract.protocol import Event, event_kind
+    from bench.records.journal import read_journal
+
+    if path is None or not path.exists():
+        return set()
+    try:
+        events, _ = read_journal(path)
+    except BenchError:  # the driver has read it already; the display never stops a run
+        return set()
+    return {line["campaign"] for line in events if event_kind(line) == Event.DONE}
 
 
 class _Summary:
@@ -92,9 +102,11 @@ class _Summary:
 class LiveDisplay:
     """What ``bench.driver.run_output.Progress`` does, drawn in place on a rich console.
     ``campaigns`` is the driver's list of campaigns started so far (appended to as they
-    start; a resumed run's rebuilt ones are in it before any callback)."""
+    start; a resumed run's rebuilt ones are in it before any callback: those done are
+    read from its ``journal``)."""
 
-    def __init__(self, suite: Suite, campaigns: list, console) -> None:
+    def __init__(self, suite: Suite, campaigns: list, console,
+                 journal: Path | None = None) -> None:
         from bench.driver.run_output import campaign_plans
 
         plans = campaign_plans(suite)
@@ -102,7 +114,7 @@ class LiveDisplay:
         self.cap_total = sum(task.cap_s or suite.budget.cap_s for task, _, _ in plans)
         self.unit = suite.budget.unit_label
         self.title = f"{'replay' if suite.replay else 'run'} {suite.name}"
-        self.campaigns, self.console = campaigns, console
+        self.campaigns, self.console, self.journal = campaigns, console, journal
         self.seen = 0  # campaigns[:seen] are sorted into done and active
         self.finished: set[int] = set()  # indices of the campaigns done
         self.done_spent = 0.0  # tuning compute of the done campaigns
@@ -171,7 +183,11 @@ class LiveDisplay:
     def _start(self) -> None:
         from rich.live import Live
 
-        self._sort_in(resumed=True)
+        resumed = done_in_journal(self.journal) if self.campaigns else set()
+        self._sort_in()
+        for campaign in self.campaigns:
+            if campaign.index in resumed:
+                self._finish(campaign)
         # what is printed meanwhile goes above the display (stdout too, on the same terminal)
         self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=1,
                          redirect_stdout=sys.stdout.isatty())
@@ -179,14 +195,11 @@ class LiveDisplay:
         self.live.start(refresh=True)
         atexit.register(self.stop)  # a driver that raised leaves the terminal as it was
 
-    def _sort_in(self, resumed: bool = False) -> None:
-        """Campaigns started since the last look: active, or (rebuilt from a journal)
-        done."""
+    def _sort_in(self) -> None:
+        """Campaigns started since the last look are active."""
         for campaign in self.campaigns[self.seen:]:
             self.latest[campaign.task.name] = campaign
             self.active[campaign.index] = campaign
-            if resumed and campaign_finished(campaign):
-                self._finish(campaign)
         self.seen = len(self.campaigns)
 
     def _finish(self, campaign) -> None:

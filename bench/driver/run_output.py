@@ -186,7 +186,7 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def progress_for(suite: Suite, enabled: bool, campaigns: list):
+def progress_for(suite: Suite, enabled: bool, campaigns: list, out: Path):
     """What shows a run's progress: a live display where stderr is a terminal, else one line
     per trial; nothing when not ``enabled`` (``--quiet``). Both are told the same events of
     the ``campaigns`` the driver starts; neither changes the records."""
@@ -195,7 +195,7 @@ def progress_for(suite: Suite, enabled: bool, campaigns: list):
     console = live_display.terminal_console() if enabled else None
     if console is None:
         return Progress(suite, enabled)
-    return live_display.LiveDisplay(suite, campaigns, console)
+    return live_display.LiveDisplay(suite, campaigns, console, out / S.JOURNAL_FILE)
 
 
 class RunView:
@@ -207,7 +207,7 @@ class RunView:
     def __init__(self, suite: Suite, out: Path, progress: bool, every_s: float = 0.0) -> None:
         self.out, self.every_s = Path(out), every_s
         self.campaigns: list = []  # in the order they started
-        self.progress = progress_for(suite, progress, self.campaigns)
+        self.progress = progress_for(suite, progress, self.campaigns, self.out)
         self._written = {S.TRIALS_FILE: -math.inf, S.REPORTS_FILE: -math.inf}
 
     def builders(self, suite: Suite, clock0: float = 0.0, **campaign_options) -> list:
