@@ -87,8 +87,8 @@ class _Summary:
         running = sum(len(c.requests) - len(c.done_ids) for c in active)
         spent = shown.done_spent + sum(c.spent_s for c in active)  # trials finished
         elapsed = (shown.ended or time.perf_counter()) - shown.started
-        if shown.ended:
-            left = "finished"
+        if shown.ended:  # at the last campaign's end, or at exit after a stop
+            left = "finished" if len(shown.finished) == shown.total else "stopped"
         elif shown.fraction > 0:
             left = f"about {clock(elapsed * (1 - shown.fraction) / shown.fraction)} left"
         else:
