@@ -11,6 +11,7 @@ import functools
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from bench.contract import schema as S
@@ -43,12 +44,19 @@ class Recorded:
     def __init__(self, trials: pd.DataFrame, reports: pd.DataFrame | None = None) -> None:
         ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
         self.curves = LearningCurves(reports)
-        validated = [self.curves.validated(r) for r in ok.to_dict("records")]
-        ok = ok.assign(_key=[config_key(json.loads(c)) for c in ok[S.CONFIG]],
-                       _validated=validated).sort_values("_validated", kind="stable")
-        self.runs = {(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"]): r
-                     for r in ok.to_dict("records")}
-        self.trials = ok
+        # rows read once, text as Python objects (Arrow-backed text is boxed one value at
+        # a time: reading the published records' rows took most of a replay's loading)
+        text = {c: object for c in ok.columns if pd.api.types.is_string_dtype(ok[c])
+                and ok[c].dtype != object}
+        rows = ok.astype(text).to_dict("records")
+        keys = [config_key(json.loads(r[S.CONFIG])) for r in rows]
+        validated = [self.curves.validated(r) for r in rows]
+        order = np.argsort(np.array(validated, dtype=bool), kind="stable")
+        self.trials = ok.assign(_key=keys, _validated=validated).iloc[order]
+        self.runs = {}
+        for i in order:
+            r = rows[i] | {"_key": keys[i], "_validated": validated[i]}
+            self.runs[(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"])] = r
 
     def _search_runs(self, task: str, seeds=None) -> list[dict]:
         return [r for (t, seed, kind, _), r in self.runs.items()
