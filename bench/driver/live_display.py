@@ -5,8 +5,9 @@ of the plain progress lines when stderr is a terminal.
 
 It is redrawn from the drivers' callbacks, at most every ``REDRAW_S``: a trial's callback
 mostly costs a clock read, so a replay finishing thousands of trials a second is not slowed.
-rich's own thread repaints the last drawing once a second, its summary worked out anew (see
-``_Summary``), so the clock and the trials running move while long trials run."""
+rich's own thread repaints the last drawing every 2 s (a paint costs about 2 ms), its summary
+worked out anew (see ``_Summary``), so the clock and the trials running move while long trials
+run."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ class LiveDisplay:
             if campaign.index in resumed:
                 self._finish(campaign)
         # what is printed meanwhile goes above the display (stdout too, on the same terminal)
-        self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=1,
+        self.live = Live(console=self.console, auto_refresh=True, refresh_per_second=0.5,
                          redirect_stdout=sys.stdout.isatty())
         self._draw()
         self.live.start(refresh=True)
