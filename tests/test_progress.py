@@ -44,9 +44,9 @@ def terminal(monkeypatch):
     return screen
 
 
-def _replay(tmp_path, progress=True) -> tuple[pd.DataFrame, object]:
+def _replay(tmp_path, progress=True, name="out") -> tuple[pd.DataFrame, object]:
     suite = parse_replay_suite(SUITE)
-    out = run_replay(suite, tmp_path / "out", progress=progress)
+    out = run_replay(suite, tmp_path / name, progress=progress)
     return pd.read_parquet(out / S.TRIALS_FILE), suite
 
 
@@ -87,6 +87,8 @@ def test_live_display_ends_with_the_campaigns_compute_and_incumbents(tmp_path, t
         score, trial = row.split()[-2:]
         assert score == f"{best:.4f}"
         assert trial in set(mine.loc[mine[S.VAL_NLL] == best, S.TRIAL_ID])
+    quiet, _ = _replay(tmp_path, progress=False, name="quiet")
+    assert trials.equals(quiet)  # the display changes no record
 
 
 def test_a_shown_display_pickles_without_its_terminal(terminal):
