@@ -124,7 +124,8 @@ def test_a_run_directory_that_cannot_be_read_is_one_line_and_exit_2(
     run = tmp_path / "run"
     shutil.copytree(recorded, run)
     (tmp_path / "replay.toml").write_text(
-        f'name = "again"\nrecords = "{run}"\nseeds = [1001]\n[[tasks]]\n'
+        f'name = "again"\nrecords = "{run}"\nseeds = [1001]\n'
+        '[budget]\nunit = "gpu"\ngpus_per_worker = 1\n[[tasks]]\n'
         'name = "cifar10-resnet50-N100"\n[methods.random]\ntrials = 2\n')
     if callable(damage):
         damage(run)

@@ -68,7 +68,7 @@ SETUP_S, TRAIN_S, EVAL_S = 1.0, 8.0, 1.0  # a report at step s: 1 + 9 * s / 18 s
 
 def _curve(i: int) -> list[float]:
     """Validation NLL per epoch: curves that cross (a fast start is not a good end)."""
-    final, gap = 0.5 + 0.05 * (7 * i % 24), 0.2 + 0.08 * (5 * i % 24)
+    final, gap = 0.5 + 0.05 * (5 * i % 24), 0.2 + 0.08 * (7 * i % 24)
     return [final + gap / e for e in range(1, EPOCHS + 1)]
 
 

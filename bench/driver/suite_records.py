@@ -80,11 +80,12 @@ def recorded_tasks(origin: str, records: RecordSource, tables: Sequence[Recorded
                              f"have: {', '.join(recorded.tasks())}")
         tasks.append(RecordedTask(table.name, recorded.space(table.name), table.cap_s,
                                   recorded.steps(table.name), recorded.epochs(table.name)))
-        _check_cap(origin, tasks[-1], recorded, seeds, budget)
     for spec in methods:
         if not spec.build().uses_validation:
             raise BenchError(f"{origin}: method {spec.label!r} learns its hyperparameters while "
                              "training; only search methods can be replayed")
+    for task in tasks:
+        _check_cap(origin, task, recorded, seeds, budget)
     for spec in methods:
         _check_fidelity(f"{origin} [methods.{spec.label}]", spec, records, recorded, tasks,
                         seeds)
