@@ -414,3 +414,18 @@ def test_clean_validation_corrupts_only_the_search_splits_training_part():
 def test_clean_validation_without_label_noise_is_refused():
     with pytest.raises(BenchError, match="clean_validation keeps the validation labels"):
         Task("digits", 200, "small-cnn", clean_validation=True)
+
+
+def test_the_report_says_what_clean_validation_gave_each_method():
+    import json as _json
+
+    import pandas as pd
+
+    from bench.analysis.report import clean_validation_note
+    from bench.contract import schema as S
+
+    clean = pd.DataFrame({S.INFO: [_json.dumps({"label_noise_flipped": 30,
+                                                "label_noise_clean_validation": True}), None]})
+    assert "the validation 20% kept their true labels" in clean_validation_note(clean)
+    noisy = pd.DataFrame({S.INFO: [_json.dumps({"label_noise_flipped": 30}), None]})
+    assert clean_validation_note(noisy) == ""  # noise over all N (results/noisy): no claim

@@ -3,6 +3,7 @@ paired comparison with the reference method, compute to target, and per-seed val
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ from bench.analysis.curves import (_BASE, _require, anytime_curves, compute_to_t
                                    final_points, method_kinds, sweep_best)
 from bench.analysis.stats import (CONFIDENCE, RESAMPLES, WILCOXON_MIN_PAIRS, mean_interval,
                                   wilcoxon_p)
-from bench.contract.schema import (FAILED, KIND, LEARNED, METHOD, OK, OVER_BUDGET, PRUNED,
-                                   REPORT_FILE, SEED, STATUS, TASK, TEST_ACC)
+from bench.contract.schema import (FAILED, INFO, KIND, LEARNED, METHOD, OK, OVER_BUDGET,
+                                   PRUNED, REPORT_FILE, SEED, STATUS, TASK, TEST_ACC)
 from bench.records.rundir import default_reference
 from bench.records.tables import write_text
 
@@ -165,6 +166,19 @@ def report_markdown(trials: pd.DataFrame, reference: str | None = None,
     return "\n".join(lines)
 
 
+def clean_validation_note(trials: pd.DataFrame) -> str:
+    """What the methods of tasks with label noise saw, where their records say the search
+    split's validation labels were kept clean (``label_noise_clean_validation``)."""
+    infos = [json.loads(i) for i in trials[INFO].dropna() if isinstance(i, str)]
+    if not any(i.get("label_noise_clean_validation") for i in infos):
+        return ""
+    return ("Label noise corrupted only the search split's training 80% of each noisy task; "
+            "the validation 20% kept their true labels (Li & Zhang's protocol). Search "
+            "trials trained on the noisy 80% and were selected on the clean 20%; retrains on "
+            "all N and every learned run trained on both, the clean 20% as training data, "
+            "never as a selection signal.")
+
+
 def report_run(run_dirs, write: bool = True, out: str | Path | None = None) -> str:
     """The report of a run directory, or of several merged (``bench.analysis.merge``), with
     its reference and unit; written to report.md in ``out``, else the first directory,
@@ -176,10 +190,10 @@ def report_run(run_dirs, write: bool = True, out: str | Path | None = None) -> s
     merged = load_runs(run_dirs, "report")
     target = output_dir(run_dirs, out, "report", REPORT_FILE) if write else None
     text = report_markdown(merged.trials, merged.info.reference, merged.info.unit)
-    note = merged_note(merged)
-    if note:
-        head, _, rest = text.partition("\n\n")
-        text = f"{head}\n\n{note}\n\n{rest}"
+    for note in (merged_note(merged), clean_validation_note(merged.trials)):
+        if note:
+            head, _, rest = text.partition("\n\n")
+            text = f"{head}\n\n{note}\n\n{rest}"
     convergence = convergence_markdown(merged.reports, merged.trials)
     if convergence:
         text += "\n\n" + convergence
