@@ -102,7 +102,8 @@ def test_list_names_every_registered_thing(capsys):
     for what, names in [("datasets", ["animal-mnist", "mnist-5k", "fashion-mnist", "digits",
                                        "cifar10"]),
                         ("backbones", ["efficientnet-lite0", "small-cnn", "tv:"]),
-                        ("regularizers", ["wd", "l2sp", "mars-sp", "mars-sp-fro", "layerwise"]),
+                        ("regularizers", ["wd", "l2sp", "mars-sp", "mars-sp-keras",
+                                          "mars-sp-fro", "layerwise"]),
                         ("methods", ["grid", "random", "tpe", "tpe-prune", "de-elbo", "elbo",
                                      "laplace-marglik", "ntk-marglik"])]:
         assert main(["list", what]) == 0

@@ -255,3 +255,40 @@ def test_layerwise_projection_bounds_each_layer_and_clips_batchnorm_gains():
             atol=1e-14)  # already projected: the authors' formula leaves it as it is
     assert not torch.equal(m[0].bias, stem_free)  # biases are never constrained
     del gamma
+
+
+def test_mars_sp_keras_treats_a_depthwise_kernel_as_one_row_as_the_authors_do():
+    """Keras' DepthwiseConv2D is a Conv2D: the authors' LInfLipschitzConstraint sums |t| of a
+    (kh, kw, C, 1) kernel over axes (0, 1, 2), one norm for all C channels; `mars-sp` keeps
+    a row per channel (the layer's operator norm), `mars-sp-keras` the authors' form."""
+    from torch import nn
+
+    from bench.zoo.network import Network
+    from bench.zoo.regularizers import MarsSPKeras
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1)).double()
+    nets = []
+    for cls in (MarsSP, MarsSPKeras):
+        torch.manual_seed(1)
+        net = Network(_copy(model), head="1", stage_of={})  # each from the same start
+        with torch.no_grad():
+            net.model[0].weight.add_(torch.randn_like(net.model[0].weight))
+        keras = net.model[0].weight.detach().numpy().transpose(2, 3, 0, 1)  # (kh, kw, C, 1)
+        keras0 = net.mu0["0.weight"].numpy().transpose(2, 3, 0, 1)
+        with torch.no_grad():
+            cls(lambda_bb=0.5, lambda_head=1e6).project(net)
+        nets.append((net, keras, keras0))
+    assert nets[1][0].depthwise_weights == ("0.weight",)
+    per_channel = nets[0][0].model[0].weight - nets[0][0].mu0["0.weight"]
+    assert float(per_channel.abs().sum(dim=(1, 2, 3)).max()) == pytest.approx(0.5)
+    net, keras, keras0 = nets[1]
+    np.testing.assert_allclose(net.model[0].weight.detach().numpy().transpose(2, 3, 0, 1),
+                               _authors_linf(keras, keras0, 0.5), rtol=0, atol=1e-14)
+    assert float((net.model[0].weight - net.mu0["0.weight"]).abs().sum()) == pytest.approx(0.5)
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)

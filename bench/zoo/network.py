@@ -63,6 +63,13 @@ class Network:
         return tuple(names)
 
     @functools.cached_property
+    def depthwise_weights(self) -> tuple[str, ...]:
+        """Names of the backbone's depthwise convolution weights (one filter per channel)."""
+        return tuple(f"{m}.weight" for m, mod in self.model.named_modules()
+                     if isinstance(mod, nn.Conv2d) and mod.groups > 1
+                     and mod.groups == mod.in_channels and not self.is_head(m))
+
+    @functools.cached_property
     def batchnorms(self) -> tuple[tuple[str, nn.modules.batchnorm._BatchNorm], ...]:
         """(weight name, module) of every backbone BatchNorm with a trained scale (gamma)
         and running statistics."""

@@ -143,6 +143,26 @@ class MarsSP(Regularizer):
 
 
 @dataclass(frozen=True)
+class MarsSPKeras(MarsSP):
+    """MARS-SP exactly as the authors' Keras code: a depthwise convolution (a Keras
+    ``DepthwiseConv2D`` is a ``Conv2D``, whose kernel's |t| is summed over all axes but the
+    last) is one row over all its channels, up to C times tighter than its operator norm."""
+
+    name: ClassVar[str] = "mars-sp-keras"
+    description: ClassVar[str] = "MARS-SP as the authors' Keras code (a depthwise kernel one row)"
+
+    def project(self, net: Network) -> None:
+        depthwise = net.depthwise_weights
+        params = dict(net.model.named_parameters())
+        saved = {n: params[n].detach().clone() for n in depthwise}
+        super().project(net)  # rows per channel; the depthwise ones are redone below
+        for name in depthwise:
+            w0 = net.mu0[name]
+            t = (saved[name] - w0).reshape(1, -1)  # one row, as Keras sums it
+            params[name].copy_(w0 + _shrink_rows_l1(t, self.lambda_bb).reshape(w0.shape))
+
+
+@dataclass(frozen=True)
 class MarsSPFrobenius(MarsSP):
     """MARS-SP's Frobenius variant: each layer's whole weight change in a Frobenius ball."""
 
@@ -193,7 +213,8 @@ class LayerwiseConstraint(Regularizer):
 
 REGULARIZERS: dict[str, type[Regularizer]] = {
     cls.name: cls
-    for cls in (Regularizer, WeightDecay, L2SP, MarsSP, MarsSPFrobenius, LayerwiseConstraint)
+    for cls in (Regularizer, WeightDecay, L2SP, MarsSP, MarsSPKeras, MarsSPFrobenius,
+                LayerwiseConstraint)
 }
 
 
