@@ -296,6 +296,19 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _add_out(p: argparse.ArgumentParser) -> None:
+    """``--out``, as bench run and bench replay take it."""
+    p.add_argument("--out", type=_directory,
+                   help="run directory (default: runs/<suite name>); new or empty: "
+                        "neither a run nor other files")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="show no progress (else a live display on a terminal, one line per "
+                        "finished trial elsewhere)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description=__doc__.split("\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -311,18 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "
                                  "(one that names records) is replayed, as by bench replay "
                                  "(no --resume, --address)")
-    p.add_argument("--out", type=_directory,
-                   help="run directory (default: runs/<suite name>); new or empty: "
-                        "neither a run nor other files")
+    _add_out(p)
     p.add_argument("--resume", metavar="DIR", type=_directory,
                    help="go on with the run in DIR that was stopped or killed (same suite): "
                         "finished trials are kept and counted, trials cut short run again")
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
                         "started and stopped by the harness)")
-    p.add_argument("--quiet", action="store_true",
-                   help="show no progress (else a live display on a terminal, one line per "
-                        "finished trial elsewhere)")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("replay", help="replay search methods on recorded runs (simulated time)",
@@ -330,12 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "records (nothing written); 1 when a method's own hook raised.")
     p.add_argument("suite", help="replay suite (TOML: a suite with records = ...), e.g. "
                                  "suites/replay-cifar10-resnet50.toml")
-    p.add_argument("--out", type=_directory,
-                   help="run directory (default: runs/<suite name>); new or empty: "
-                        "neither a run nor other files")
-    p.add_argument("--quiet", action="store_true",
-                   help="show no progress (else a live display on a terminal, one line per "
-                        "finished trial elsewhere)")
+    _add_out(p)
+    _add_quiet(p)
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "

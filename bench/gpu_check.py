@@ -117,12 +117,9 @@ class UtilisationSampler:
         return sum(rows) / len(rows) if rows else float("nan")
 
 
-def _grid_figures(run_dir: Path) -> dict:
+def _grid_figures(run_dir: Path, trials) -> dict:
     """Grid trials per hour of wall time, and the retrained incumbent's test accuracy."""
-    from bench.records.tables import read_trials
-
     meta = json.loads((run_dir / S.METADATA_FILE).read_text())
-    trials = read_trials(run_dir)
     grid = trials[trials[S.METHOD] == "grid"]
     search = grid[grid[S.KIND] == S.SEARCH]
     retrain = grid[grid[S.KIND] == S.RETRAIN]
@@ -132,10 +129,7 @@ def _grid_figures(run_dir: Path) -> dict:
             "test_acc": float(retrain[S.TEST_ACC].mean()) if len(retrain) else float("nan")}
 
 
-def _learned_figures(run_dir: Path) -> dict:
-    from bench.records.tables import read_trials
-
-    trials = read_trials(run_dir)
+def _learned_figures(trials) -> dict:
     out = {}
     for method, rows in trials[trials[S.KIND] == S.LEARNED].groupby(S.METHOD):
         out[str(method)] = {"ok": int((rows[S.STATUS] == S.OK).sum()), "runs": int(len(rows)),
@@ -217,7 +211,9 @@ def gpu_check(suite_path: str, out: Path, command: str = "") -> dict:
     print(f"GPU check on {figures['device']['name']} into {out}", flush=True)
     figures["pytest"] = _pytest(out)
     print(f"pytest -m gpu: {figures['pytest']['summary']}", flush=True)
-    figures["runs"] = {}
+    from bench.records.tables import read_trials
+
+    figures["runs"], records = {}, {}
     for v in VARIANTS:
         print(f"{v.name}: {v.about} ...", flush=True)
         with UtilisationSampler() as sampler:
@@ -227,7 +223,8 @@ def gpu_check(suite_path: str, out: Path, command: str = "") -> dict:
             f.write("t_s,gpu_pct,memory_used_mib\n")
             f.writelines(f"{r['t_s']:.2f},{r['gpu_pct']},{r['memory_used_mib']:.0f}\n"
                          for r in sampler.rows_)
-        figures["runs"][v.name] = _grid_figures(out / v.name) | {
+        records[v.name] = read_trials(out / v.name)
+        figures["runs"][v.name] = _grid_figures(out / v.name, records[v.name]) | {
             "about": v.about, "gpu_util_pct": sampler.mean_pct(meta.get("ray_start_s", 0.0))}
         print(f"  {figures['runs'][v.name]}", flush=True)
     runs = figures["runs"]
@@ -238,7 +235,7 @@ def gpu_check(suite_path: str, out: Path, command: str = "") -> dict:
         "bf16_vs_float32": runs["grid-packed-bf16"]["trials_per_hour"]
         / runs["grid-packed"]["trials_per_hour"],
         "bf16_acc_diff": runs["grid-packed-bf16"]["test_acc"] - runs["grid-packed"]["test_acc"]}
-    figures["learned"] = _learned_figures(out / "suite")
+    figures["learned"] = _learned_figures(records["suite"])
     (out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(figures))
     print(summary_markdown(figures), end="")

@@ -136,10 +136,14 @@ class MarsSP(Regularizer):
                 w.copy_(self.shrink(w, self.lambda_head))
             else:
                 w0 = net.mu0[name]
-                w.copy_(w0 + self.shrink(w - w0, self.lambda_bb))
+                w.copy_(w0 + self.shrink_backbone(net, name, w - w0))
         for name, bn in net.batchnorms:
             bn.weight.copy_(_clip_batchnorm(bn.weight, bn.running_var, net.mu0[name],
                                             net.running_var0[name], self.lambda_bb))
+
+    def shrink_backbone(self, net: Network, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Backbone weight ``name``'s change ``t`` projected into its ball."""
+        return self.shrink(t, self.lambda_bb)
 
 
 @dataclass(frozen=True)
@@ -151,15 +155,10 @@ class MarsSPKeras(MarsSP):
     name: ClassVar[str] = "mars-sp-keras"
     description: ClassVar[str] = "MARS-SP as the authors' Keras code (a depthwise kernel one row)"
 
-    def project(self, net: Network) -> None:
-        depthwise = net.depthwise_weights
-        params = dict(net.model.named_parameters())
-        saved = {n: params[n].detach().clone() for n in depthwise}
-        super().project(net)  # rows per channel; the depthwise ones are redone below
-        for name in depthwise:
-            w0 = net.mu0[name]
-            t = (saved[name] - w0).reshape(1, -1)  # one row, as Keras sums it
-            params[name].copy_(w0 + _shrink_rows_l1(t, self.lambda_bb).reshape(w0.shape))
+    def shrink_backbone(self, net: Network, name: str, t: torch.Tensor) -> torch.Tensor:
+        if name not in net.depthwise_weights:
+            return super().shrink_backbone(net, name, t)
+        return _shrink_rows_l1(t.reshape(1, -1), self.lambda_bb).reshape(t.shape)  # one row
 
 
 @dataclass(frozen=True)
