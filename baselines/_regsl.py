@@ -51,6 +51,8 @@ class RegularizedSelfLabeling(Method):
         self.tune = tune
         self.tune_temperature = tune_temperature
         self.search_options = search_options
+        for key, value in search_options.items():  # stored as given, each its own attribute
+            setattr(self, key, value)
 
     def _search(self) -> Method:
         """The search method (built once; it holds the search's state)."""
@@ -98,7 +100,11 @@ class RegularizedSelfLabeling(Method):
         space = tuple(p for p in (lr, *LayerwiseConstraint.space) if p.name in tune) + (
             (TEMPERATURE,) if self.tune_temperature else ())
         super().start(context)
+        self.space_ = space
         self._search().start(dataclasses.replace(context, space=space))
+
+    def searched_space(self):
+        return self.space_
 
     def suggest(self, trial_id: str):
         return self._search().suggest(trial_id)

@@ -468,8 +468,9 @@ CHECKS: dict[str, Callable] = {
 
 def replayable(cls: type[Method]) -> bool:
     """Whether the replay check applies: search methods only (a pruning one on recorded
-    per-epoch validation curves); learned methods are never replayed."""
-    return cls.uses_validation
+    per-epoch validation curves); learned methods are never replayed, nor is a method that
+    searches a space of its own (``searched_space``): records do not span it."""
+    return bool(cls.uses_validation) and cls.searched_space is Method.searched_space
 
 
 @dataclass(frozen=True)

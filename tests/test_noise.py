@@ -429,3 +429,14 @@ def test_the_report_says_what_clean_validation_gave_each_method():
     assert "the validation 20% kept their true labels" in clean_validation_note(clean)
     noisy = pd.DataFrame({S.INFO: [_json.dumps({"label_noise_flipped": 30}), None]})
     assert clean_validation_note(noisy) == ""  # noise over all N (results/noisy): no claim
+
+
+def test_regsl_passes_check_method_its_suggestions_checked_against_its_own_space():
+    """regsl suggests radii the task's space does not hold: it names its own space
+    (``searched_space``), which the campaign checks its suggestions against, live."""
+    from baselines._regsl import RegularizedSelfLabeling
+    from bench.testing import check_method
+
+    summary = check_method(RegularizedSelfLabeling, {"search": "random", "trials": 3},
+                           bad_options=[{"tune": ["D"]}])
+    assert summary["trials"] >= 2 and summary["ok"] >= 1 and "replayed" not in summary

@@ -113,6 +113,13 @@ class Method:
         """Called once before any suggestion; set up state here (attributes end in _)."""
         self.context_ = context
 
+    def searched_space(self) -> tuple[Param, ...] | None:
+        """The space of this method's suggestions if not ``context.space`` (None, the
+        default): a method that tunes hyperparameters of its own (``regsl`` tunes layer-wise
+        radii on any task) names them here. Asked once, after ``start``; the harness checks
+        every suggestion against it."""
+        return None
+
     def suggest(self, trial_id: str) -> dict[str, float] | str | None:
         """The configuration to run as ``trial_id``, ``FINISHED``, or None to wait for
         running trials' results first. Trial ids are ``t0000``, ``t0001``, ... in the order

@@ -107,6 +107,7 @@ class Campaign:
         self.cap_s = context.cap_s
         self.worker_method = copy.deepcopy(method)  # unstarted: workers only call fit()
         self._hook("start", context)
+        self.space = self._hook("searched_space") or self.space
 
     def _hook(self, name: str, *args):
         """Call the method's hook ``name``; what it raises is the method's fault, never

@@ -41,18 +41,53 @@ def standard_fit(data: FitData, config: dict[str, float], report: Report,
         regularizer = make_regularizer(task.regularizer, **hp)
     hooks = task_hooks(task, config) if hooks is None else hooks
     net = data.make_network()
-    evals = {"val": data.validation} if report_validation and data.validation else {}
+    keeper = BestValidation(net, task.patience) if (
+        task.keep == "best-val" and data.validation) else None
+    evals = {"val": data.validation} if (report_validation or keeper) and data.validation \
+        else {}
     # an epoch report goes out even without evaluation, so budgets can stop the trial
 
     def callback(evaluation: Evaluation) -> bool:
-        return report(evaluation.step, epoch_metrics(evaluation))
+        stop = report(evaluation.step, epoch_metrics(evaluation))
+        return bool(stop) or (keeper is not None and keeper.saw(evaluation))
 
     config_ = TrainConfig(lr=config["lr"], steps=task.steps, batch_size=task.batch_size,
                           seed=data.seed, precision=task.precision)
     result = fine_tune(net, regularizer, data.train, config_, evals, callback, Timer(),
                        hooks=hooks)
     info = {"final_loss": result.final_loss}
+    if keeper is not None:
+        info |= keeper.restore()
     if task.precision != "float32":
         info["precision"] = task.precision
     return Fitted(net, info=info, steps_done=result.steps_done,
                   train_s=result.train_s, eval_s=result.eval_s)
+
+
+class BestValidation:
+    """Keeps the state of the epoch with the best validation accuracy, the authors' way
+    (Li & Zhang's trainer: a later epoch that ties the best replaces it; stop once more
+    than ``patience`` epochs in a row did not improve)."""
+
+    def __init__(self, net, patience: int | None) -> None:
+        self.net, self.patience = net, patience
+        self.best_acc_, self.best_step_, self.state_ = float("-inf"), 0, None
+        self.not_improved_ = 0
+
+    def saw(self, evaluation: Evaluation) -> bool:
+        """Record an epoch's evaluation; True asks the loop to stop early."""
+        acc = evaluation.metrics["val"]["acc"]
+        if acc >= self.best_acc_:
+            self.best_acc_, self.best_step_, self.not_improved_ = acc, evaluation.step, 0
+            self.state_ = {k: v.detach().clone()
+                           for k, v in self.net.model.state_dict().items()}
+            return False
+        self.not_improved_ += 1
+        return self.patience is not None and self.not_improved_ > self.patience
+
+    def restore(self) -> dict[str, float]:
+        """Load the kept state into the network; what was kept, for the trial's info."""
+        if self.state_ is not None:
+            self.net.model.load_state_dict(self.state_)
+        return {"kept": "best-val", "kept_step": self.best_step_,
+                "kept_val_acc": self.best_acc_}

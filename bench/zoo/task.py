@@ -24,6 +24,7 @@ from bench.zoo.selflabel_config import SelfLabelingConfig
 
 VAL_FRACTION = 0.2  # search methods' stratified 80/20 train/validation split
 PREPROCESSING = ("resize", "study")
+KEEP = ("final", "best-val")  # which network a search trial's standard fit keeps
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class Task:
     #: true labels, as Li & Zhang do (default: true whenever label_noise is set); false:
     #: noise over all N, the validation split noisy too
     clean_validation: bool | None = None
+    #: which network a search trial's standard fit keeps: "final" (the default) or
+    #: "best-val", the epoch of best validation accuracy, as Li & Zhang do; a fit without
+    #: a validation split (a retrain, a learned run) keeps its final network either way
+    keep: str = "final"
+    #: with keep = "best-val": stop after this many epochs without a better validation
+    #: accuracy (the authors' early_stop = 10); None trains all ``steps``
+    patience: int | None = None
     #: fine-tune only the last k blocks (and the head): the frozen rest runs once per
     #: seed and its outputs are cached (None: the whole network is trained)
     trainable_blocks: int | None = None
@@ -84,6 +92,13 @@ class Task:
         if self.clean_validation is None:
             object.__setattr__(self, "clean_validation", self.label_noise is not None)
         require_bool("task clean_validation", self.clean_validation)
+        if self.keep not in KEEP:
+            raise BenchError(f"task keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.patience is not None:
+            require_int("task patience", self.patience, 0)
+            if self.keep != "best-val":
+                raise BenchError("task patience stops a fit that keeps its best validation "
+                                 "epoch: it needs keep = \"best-val\"")
         if self.clean_validation and self.label_noise is None:
             raise BenchError("task clean_validation keeps the validation labels clean of "
                              "label_noise, which the task does not set")
