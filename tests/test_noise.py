@@ -384,8 +384,13 @@ def test_the_noisy_suite_reads_with_one_task_per_noise_rate():
     from bench.driver.suite import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "noisy.toml")
-    assert [t.label_noise.rate for t in suite.tasks] == [0.0, 0.2, 0.4]
-    assert len({t.name for t in suite.tasks}) == 3 and len(suite.seeds) == 3
+    rates = [0.0, 0.2, 0.4, 0.6]
+    assert [t.label_noise.rate for t in suite.tasks] == rates * 2  # small-cnn, then Lite0
+    assert {t.backbone for t in suite.tasks} == {"small-cnn", "efficientnet-lite0"}
+    assert len({t.name for t in suite.tasks}) == 8 and len(suite.seeds) == 3
+    # the authors' protocol: uniform noise, clean validation, best epoch with early stopping
+    assert all(t.label_noise.kind == "uniform" and t.clean_validation and
+               t.keep == "best-val" and t.patience is not None for t in suite.tasks)
     assert {m.plugin for m in suite.methods} >= {"grid", "tpe", "regsl", "de-elbo",
                                                  "laplace-marglik", "ntk-marglik"}
 
