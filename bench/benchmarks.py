@@ -201,7 +201,7 @@ def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> lis
 
 
 REPLAY_STAGES = (("load", "load_s"), ("simulate", "simulate_s"), ("tables", "write_s"),
-                 ("report", "report_s"), ("figures", "figures_s"))
+                 ("report+figures", "summary_s"))
 
 
 def replay_benchmark(suite_path: str, out: str | None = None) -> dict:
@@ -212,8 +212,8 @@ def replay_benchmark(suite_path: str, out: str | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
-    from bench.analysis.plots import plot_run
-    from bench.analysis.report import report_run
+    from bench.analysis.summary import plot_and_report
+    from bench.driver.forked import default_jobs
     from bench.driver.replay_suite import run_replay
     from bench.driver.suite import load_suite
 
@@ -226,16 +226,16 @@ def replay_benchmark(suite_path: str, out: str | None = None) -> dict:
         run_replay(suite, target, progress=False, stages=stages)
         stages["load_s"] += parsed - started
         clock = time.perf_counter()
-        report_run(target)
-        stages["report_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        plot_run(target)
-        stages["figures_s"] = time.perf_counter() - clock
+        stages |= plot_and_report(target)[2]  # side by side where the cores allow
+        stages["summary_s"] = time.perf_counter() - clock
         stages["total_s"] = time.perf_counter() - started
     print(f"replay of suite {suite.name}: {stages['trials']} simulated trials, "
-          f"{stages['trials'] / stages['simulate_s']:.0f} trials/s while simulating")
-    print(f"{'stage':10} {'wall s':>8} {'share':>6}")
+          f"{stages['trials'] / stages['simulate_s']:.0f} trials/s while simulating, "
+          f"{default_jobs()} processes")
+    print(f"{'stage':15} {'wall s':>8} {'share':>6}")
     for name, key in REPLAY_STAGES:
-        print(f"{name:10} {stages[key]:8.1f} {stages[key] / stages['total_s']:6.1%}")
-    print(f"{'total':10} {stages['total_s']:8.1f}")
+        print(f"{name:15} {stages[key]:8.1f} {stages[key] / stages['total_s']:6.1%}")
+    print(f"{'total':15} {stages['total_s']:8.1f}")
+    print(f"(report {stages['report_s']:.1f} s and figures {stages['figures_s']:.1f} s, "
+          "drawn side by side where the cores allow)")
     return stages

@@ -238,7 +238,7 @@ def _replay(suite, args) -> int:
 
     out = Path(args.out or Path("runs") / suite.name)
     try:
-        run_replay(suite, out, progress=not args.quiet)
+        run_replay(suite, out, progress=not args.quiet, jobs=getattr(args, "jobs", None))
     except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
         return _method_bug(err)
     return _summarize(out)
@@ -246,10 +246,9 @@ def _replay(suite, args) -> int:
 
 def _summarize(out: Path) -> int:
     """Plot and report a finished run directory."""
-    from bench.analysis.plots import plot_run
-    from bench.analysis.report import report_run
+    from bench.analysis.summary import plot_and_report
 
-    paths, report = plot_run(out), report_run(out)
+    paths, report, _ = plot_and_report(out)
     print(report)
     print(f"records, plot and report in {out}/ ({', '.join(p.name for p in paths)})")
     return 0
@@ -303,6 +302,16 @@ def _add_out(p: argparse.ArgumentParser) -> None:
                         "neither a run nor other files")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="show no progress (else a live display on a terminal, one line per "
@@ -341,14 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  "suites/replay-cifar10-resnet50.toml")
     _add_out(p)
     _add_quiet(p)
+    p.add_argument("--jobs", type=_positive_int, metavar="N",
+                   help="processes that simulate a one-worker replay's campaigns (default: "
+                        "the cores this process may use; the records are the same for any N)")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "
                                     "and .svg; more than 6 tasks: small multiples, 24 panels "
                                     "a page, tradeoff-2.png, ...), or of several merged")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                   help="run directories of the same tasks, seeds, unit and reference "
-                        "(several: merged into one figure)")
+                   help="run directories of the same tasks, seeds and unit (several: "
+                        "merged into one figure, against the first one's reference)")
     p.add_argument("--out", metavar="DIR", help="folder for the figure (default: the first "
                                                 "RUN_DIR)")
     p.add_argument("--tasks", metavar="PATTERN",
@@ -365,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "printed and written to DIR/report.md; several "
                                       "directories: merged into one report")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                   help="run directories of the same tasks, seeds, unit and reference")
+                   help="run directories of the same tasks, seeds and unit (several: "
+                        "compared with the first one's reference)")
     p.add_argument("--out", metavar="DIR", help="folder for report.md (default: the first "
                                                 "RUN_DIR)")
     p.set_defaults(func=_cmd_report)

@@ -3,9 +3,11 @@ DIR...`` read them as one run (e.g. the learned methods run live and the search 
 replayed on the grid's records), so every method of a task stands on one axis.
 
 Directories merge only if they hold the same tasks and seeds and count compute in the same
-unit against the same reference; otherwise one line says which differs. A method label found
-in several directories is taken from the first that has it (a replayed grid repeats the
-live grid it replays): ``MergedRun.repeated`` names what was left out.
+unit; otherwise one line says which differs. Every method is compared with the first
+directory's reference (e.g. MARS-SP's own grid read against default's L2-SP grid); the note
+says where another directory named another. A method label found in several directories is
+taken from the first that has it (a replayed grid repeats the live grid it replays):
+``MergedRun.repeated`` names what was left out.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class MergedRun:
     reports: pd.DataFrame
     run_dirs: tuple[str, ...]
     repeated: dict[str, list[str]] = field(default_factory=dict)  # label -> dirs left out
+    other_references: dict[str, str] = field(default_factory=dict)  # dir -> its reference
 
 
 def _names(values) -> str:
@@ -44,7 +47,7 @@ def _differ(command: str, first, other, what: str, a, b) -> BenchError:
     else:
         detail = f"{first}: {a}, {other}: {b}"
     return BenchError(f"{command}: {first} and {other} hold different {what} ({detail}); "
-                      "merge runs of the same tasks, seeds, unit and reference")
+                      "merge runs of the same tasks, seeds and unit")
 
 
 def _check_distinct(command: str, run_dirs) -> None:
@@ -66,10 +69,8 @@ def load_runs(run_dirs, command: str) -> MergedRun:
                            ("seeds", set(trials0[SEED]), set(trials[SEED]))):
             if a != b:
                 raise _differ(command, first, other, what, a, b)
-        for what, a, b in (("compute units", info0.unit, info.unit),
-                           ("references", info0.reference, info.reference)):
-            if a != b:
-                raise _differ(command, first, other, what, a, b)
+        if info0.unit != info.unit:
+            raise _differ(command, first, other, "compute units", info0.unit, info.unit)
     kept, frames, reports, repeated = set(), [], [], {}
     for run_dir, trials, _ in loaded:
         labels = set(trials[METHOD])
@@ -87,7 +88,9 @@ def load_runs(run_dirs, command: str) -> MergedRun:
     reports = [r for r in reports if len(r)]
     return MergedRun(merged, RunInfo(info0.reference, info0.unit, caps),
                      pd.concat(reports, ignore_index=True) if reports else read_reports(first),
-                     tuple(run_dirs), repeated)
+                     tuple(run_dirs), repeated,
+                     {d: info.reference for d, _, info in loaded[1:]
+                      if info.reference != info0.reference})
 
 
 def output_dir(run_dirs, out, command: str, name: str) -> Path:
@@ -106,6 +109,9 @@ def merged_note(merged: MergedRun) -> str:
     if len(merged.run_dirs) == 1:
         return ""
     note = "Merged from " + ", ".join(f"`{d}`" for d in merged.run_dirs) + "."
+    for run_dir, reference in merged.other_references.items():
+        note += (f" Every method is compared with `{merged.info.reference}` (the first "
+                 f"directory's reference); `{run_dir}` named `{reference}`.")
     for label, dirs in merged.repeated.items():
         note += (f" `{label}` is read from the first directory that has it; its runs in "
                  + ", ".join(f"`{d}`" for d in dirs) + " are left out.")

@@ -28,6 +28,7 @@ from bench.analysis.stats import CONFIDENCE, RESAMPLES
 from bench.contract.errors import BenchError
 from bench.contract.schema import (COMPUTE_S, LEARNED, METHOD, PLOT_STEM, PLUGIN, SEED, TASK,
                                    TEST_ACC)
+from bench.driver.forked import fork_map
 from bench.records.rundir import GRID_PLUGIN, default_reference
 from bench.records.tables import atomic_write
 
@@ -249,9 +250,11 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     seeds = trials.groupby(METHOD)[SEED].nunique().to_dict()
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
     pages = [panels[i:i + per_page] for i in range(0, len(panels), per_page)]
-    for number, page in enumerate(pages, start=1):
+
+    def draw(job: tuple[int, tuple[Path, ...]]) -> tuple[Path, ...]:
+        number, files = job
+        page = pages[number - 1]
         nrows = -(-len(page) // ncols)
         fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
         FigureCanvasAgg(fig)
@@ -267,9 +270,16 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
         _legend(fig, c["colors"], kinds, seeds, extras)
         fig.tight_layout()
         _caption(fig, reference, band, extras, size[0] * ncols)
-        for path in page_paths(out_stem, number):
+        for path in files:
             _save_atomic(fig, path)
-            paths.append(path)
+        return files
+
+    numbers = range(1, len(pages) + 1)
+    if len(pages) > 1:  # each page's PNG and SVG drawn on their own, in parallel processes
+        jobs = [(n, (path,)) for n in numbers for path in page_paths(out_stem, n)]
+    else:
+        jobs = [(n, tuple(page_paths(out_stem, n))) for n in numbers]
+    paths = [path for files in fork_map(draw, jobs) for path in files]
     _remove_stale_pages(out_stem, len(pages))
     return paths
 

@@ -95,6 +95,7 @@ class Campaign:
         self.told = 0  # tuning trials whose result the method has heard
         self.best: tuple[float, str] | None = None
         self.done_ids: set[str] = set()  # trials with a row
+        self.open_: dict[str, None] = {}  # trials issued without a row yet, in issue order
         self.first_run: dict[str, str] = {}  # kind + configuration -> the trial that ran it
         self.repeat_of: dict[str, str] = {}  # repeated trial -> the trial that answers it
         #: what picks the incumbent among search trials (lower is better): validation NLL,
@@ -126,7 +127,7 @@ class Campaign:
 
     def running(self) -> list[str]:
         """Trials started or pending, of any kind, not yet complete."""
-        return [t for t in self.requests if t not in self.done_ids]
+        return list(self.open_)  # kept as trials are issued and finish: asked per report
 
     def running_tuning(self) -> list[str]:
         """Running trials that count against the cap (all but retrains)."""
@@ -188,6 +189,7 @@ class Campaign:
         kind = S.SEARCH if self.method.uses_validation else S.LEARNED
         hp = {k: float(v) for k, v in config.items()}
         self.requests[own] = TrialRequest(self.index, own, kind, hp)
+        self.open_[own] = None
         self.tuning_order.append(own)
         key = _run_key(self.requests[own])
         if key in self.first_run:
@@ -201,6 +203,7 @@ class Campaign:
         hp, of = self.retrain_queue.pop(0)
         own = f"{of}-retrain"
         self.requests[own] = TrialRequest(self.index, own, S.RETRAIN, hp, retrain_of=of)
+        self.open_[own] = None
         self._log(Event.SUGGEST, trial=own, hp=hp, retrain_of=of)
         return own
 
@@ -325,6 +328,7 @@ class Campaign:
     def _finish(self, row: dict, notify: bool = True) -> None:
         self.rows.append(row)
         self.done_ids.add(row[S.TRIAL_ID])
+        self.open_.pop(row[S.TRIAL_ID], None)
         if row[S.KIND] != S.RETRAIN:
             self.spent_s += row[S.RESOURCE_S]
             self.finished[row[S.TRIAL_ID]] = row

@@ -36,8 +36,10 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver.campaign import CampaignQueue
 from bench.driver.replay import SimulatedClock, simulate
-from bench.driver.run_output import (RunView, check_output_dir, lock_run_dir, now_stamp,
-                                     release_run_dir, run_metadata)
+from bench.driver.forked import default_jobs
+from bench.driver.replay_parallel import simulate_each
+from bench.driver.run_output import (Progress, RunView, check_output_dir, lock_run_dir,
+                                     now_stamp, release_run_dir, run_metadata)
 from bench.driver.suite import NOT_REPLAY, Suite, parse_suite
 from bench.driver.suite_records import is_published
 from bench.records.published import COMPUTE_UNIT, published_bo, record_set
@@ -55,10 +57,12 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
 
 
 def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "",
-               stages: dict | None = None) -> Path:
+               stages: dict | None = None, jobs: int | None = None) -> Path:
     """Replay ``suite`` into ``out`` (records, metadata), as ``bench.driver.run.run_suite`` runs a
     live one: the same metadata, progress lines and live tables. ``stages``, if given,
-    receives the seconds spent loading the records, simulating and writing the tables."""
+    receives the seconds spent loading the records, simulating and writing the tables.
+    With one worker the campaigns are simulated each alone, in ``jobs`` processes (default:
+    the cores; ``bench.driver.replay_parallel``): the records do not depend on ``jobs``."""
     if not suite.replay:
         raise BenchError(NOT_REPLAY.format(origin=f"suite {suite.name!r}"))
     stages = {} if stages is None else stages
@@ -70,9 +74,6 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
     clock = SimulatedClock()
     started = time.perf_counter()
     stages["load_s"] = started - loading
-    view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
-    queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True), view.started,
-                          view.done)
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(out)  # as a live run's: two drivers never mix their files
     try:
@@ -83,9 +84,17 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
                     **({"records_method": records.method} if records.method else {})}
         write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
         write_text(out / S.SUITE_FILE, suite.source)
-        simulate(queue, recorded, suite.budget.workers, clock)
+        if suite.budget.workers == 1:
+            rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs)
+        else:  # campaigns overlap on the shared pool: simulated together
+            view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
+            queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True),
+                                  view.started, view.done)
+            simulate(queue, recorded, suite.budget.workers, clock)
+            rows = [r for c in view.campaigns for r in c.rows]
+            reports = [r for c in view.campaigns for r in c.reports]
+            simulated_s = clock.now
         stages["simulate_s"] = time.perf_counter() - started
-        rows = [r for c in view.campaigns for r in c.rows]
         if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
             rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
         trials = frame(rows, S.TRIAL_COLUMNS)
@@ -98,12 +107,30 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
                                                      S.PLUGIN: "published:bo"})],
                                ignore_index=True)  # recorded traces, not a plugin run here
         write_table(out / S.TRIALS_FILE, trials)
-        view.write_reports(force=True)
+        write_table(out / S.REPORTS_FILE, frame(reports, S.REPORT_COLUMNS))
         write_json(out / S.METADATA_FILE, metadata | {
-            "ended": now_stamp(), "simulated_s": clock.now,
+            "ended": now_stamp(), "simulated_s": simulated_s,
             "replay_wall_s": time.perf_counter() - started})
         stages["write_s"] = time.perf_counter() - started - stages["simulate_s"]
         stages["trials"] = len(rows)  # simulated here (published BO traces are not)
     finally:
         release_run_dir(lock)
     return out
+
+
+def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | None):
+    """A one-worker replay, campaign by campaign (``replay_parallel``): one progress line
+    per campaign, the trials table rewritten at most every ``LIVE_TABLE_S``."""
+    lines = Progress(suite, progress)
+    rows: list[dict] = []
+    written = [time.perf_counter()]
+
+    def on_done(run, summary) -> None:
+        rows.extend(run.rows)
+        lines.done(summary)
+        if time.perf_counter() - written[0] >= LIVE_TABLE_S:
+            write_table(out / S.TRIALS_FILE, frame(rows, S.TRIAL_COLUMNS))
+            written[0] = time.perf_counter()
+
+    runs, simulated_s = simulate_each(suite, recorded, jobs or default_jobs(), on_done)
+    return rows, [r for run in runs for r in run.reports], simulated_s

@@ -4,8 +4,9 @@ and training length. ``Task.load(seed)`` prepares the tensors a trial trains on.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -232,6 +233,9 @@ class TaskData:
     device: torch.device = torch.device("cpu")
     flipped: torch.Tensor | None = None
     split_indices: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: the first network built, and the CPU random state its building left: later calls
+    #: copy it rather than build it again (a reused worker's trials; issue 25)
+    built: list = field(default_factory=list, repr=False, compare=False)
 
     def to(self, device) -> TaskData:
         """The same data on ``device``; networks it makes land there too."""
@@ -253,7 +257,19 @@ class TaskData:
 
     def network(self) -> Network:
         """A fresh pretrained backbone with a new head, initialised from the seed (in
-        channels_last memory format if the task asks for it)."""
+        channels_last memory format if the task asks for it). Built once; every later call
+        returns a deep copy of it and leaves the random state as building it would have."""
+        if self.built:
+            template, cpu_state = self.built
+            torch.manual_seed(self.seed)  # what building seeds (CUDA too) ...
+            torch.set_rng_state(cpu_state)  # ... and the CPU stream after the head's init
+            return copy.deepcopy(template).to(self.device)
+        net = self._build_network()
+        # kept in host memory: a trial's share of a GPU holds only its own network
+        self.built[:] = [copy.deepcopy(net).to("cpu"), torch.get_rng_state()]
+        return net
+
+    def _build_network(self) -> Network:
         if self.task.trainable_blocks is not None:
             net = self.task._split(self.num_classes, self.seed)[1]
         else:
