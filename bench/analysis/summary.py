@@ -20,6 +20,7 @@ def plot_and_report(run_dir: str | Path) -> tuple[list[Path], str, dict[str, flo
     from bench.analysis.report import report_run
     from bench.driver.forked import fork_map
 
-    (paths, figures_s), (report, report_s) = fork_map(
-        _timed, [lambda: plot_run(run_dir), lambda: report_run(run_dir)])
+    jobs = (lambda: plot_run(run_dir), lambda: report_run(run_dir))
+    # the items travel pickled, the function is inherited: send indices
+    (paths, figures_s), (report, report_s) = fork_map(lambda i: _timed(jobs[i]), [0, 1])
     return paths, report, {"figures_s": figures_s, "report_s": report_s}

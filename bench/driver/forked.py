@@ -30,8 +30,8 @@ def _call(item):
 
 def fork_map(fn: Callable, items: list, jobs: int | None = None) -> Iterator:
     """``map(fn, items)`` over ``jobs`` forked processes (default: the cores), lazily, in
-    order. ``fn`` may be a closure: the children inherit it rather than unpickle it; what
-    it returns must pickle."""
+    order. ``fn`` may be a closure: the children inherit it rather than unpickle it; the
+    items and what ``fn`` returns travel pickled (send indices of anything that won't)."""
     jobs = min(default_jobs() if jobs is None else jobs, len(items))
     # forking a process with other threads running (a Ray driver, say) may deadlock the child
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods() or \
