@@ -131,3 +131,19 @@ print(list(fork_map(work, list(range(3)), 2)))
                          check=True).stdout.splitlines()
     assert out[0] == str([(i * i, True) for i in range(6)])
     assert out[1] == str([(i * i, False) for i in range(3)])
+
+
+def test_bench_replay_in_a_fresh_process_draws_and_reports_in_forked_ones(tmp_path):
+    """The command as users run it (single-threaded: campaigns, the figure and the report
+    in forked processes) ends with its report, figure and records."""
+    import subprocess
+    import sys
+
+    (tmp_path / "s.toml").write_text(SUITE)
+    done = subprocess.run([sys.executable, "-m", "bench", "replay", str(tmp_path / "s.toml"),
+                           "--out", str(tmp_path / "out"), "--quiet", "--jobs", "2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "## cifar10-resnet50-v1-N1000" in done.stdout
+    for name in ("report.md", "tradeoff.png", "tradeoff.svg", S.TRIALS_FILE, S.REPORTS_FILE):
+        assert (tmp_path / "out" / name).is_file(), name
