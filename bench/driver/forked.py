@@ -44,4 +44,3 @@ def fork_map(fn: Callable, items: list, jobs: int | None = None) -> Iterator:
             yield from pool.map(_call, items)
     finally:
         _INHERITED.clear()
-

@@ -71,7 +71,6 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
     check_output_dir(out, resumable=False)
     loading = time.perf_counter()
     recorded = load_recorded(records.name, records.method)
-    clock = SimulatedClock()
     started = time.perf_counter()
     stages["load_s"] = started - loading
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +86,7 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
         if suite.budget.workers == 1:
             rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs)
         else:  # campaigns overlap on the shared pool: simulated together
+            clock = SimulatedClock()
             view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
             queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True),
                                   view.started, view.done)
@@ -123,14 +123,15 @@ def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | N
     per campaign, the trials table rewritten at most every ``LIVE_TABLE_S``."""
     lines = Progress(suite, progress)
     rows: list[dict] = []
-    written = [time.perf_counter()]
+    written = time.perf_counter()
 
     def on_done(run, summary) -> None:
+        nonlocal written
         rows.extend(run.rows)
         lines.done(summary)
-        if time.perf_counter() - written[0] >= LIVE_TABLE_S:
+        if time.perf_counter() - written >= LIVE_TABLE_S:
             write_table(out / S.TRIALS_FILE, frame(rows, S.TRIAL_COLUMNS))
-            written[0] = time.perf_counter()
+            written = time.perf_counter()
 
     runs, simulated_s = simulate_each(suite, recorded, jobs or default_jobs(), on_done)
     return rows, [r for run in runs for r in run.reports], simulated_s
