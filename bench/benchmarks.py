@@ -12,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.contract import schema as S
 from bench.records.tables import read_table
 from bench.training.train import TrainConfig, batch_stream, fine_tune
 from bench.zoo.regularizers import L2SP, Regularizer
@@ -129,13 +130,14 @@ def overhead_shares(run_dir) -> dict:
     Useful = training + evaluation inside trials (a trial stopped at a report, pruned or
     over budget, counts what its last report measured). Harness overhead = Ray start + the time
     between trials (scheduling, workers idle while a method waits or the suite's last
-    trials drain) + records. Trial set-up (model build, data preparation, the worker's
-    first start) is shown beside it.
+    trials drain) + records. The time between trials is split in two: the drain, from each
+    worker's last trial's end to the suite's end (the suite's last trials need fewer workers
+    than the pool has), and the gaps before that. Trial set-up (model build, data
+    preparation, the worker's first start) is shown beside it.
     """
     import json
     from pathlib import Path
 
-    from bench.contract import schema as S
     from bench.contract.errors import BenchError
 
     try:
@@ -157,23 +159,36 @@ def overhead_shares(run_dir) -> dict:
     useful = float((trials[S.TRAIN_S].fillna(0) + trials[S.EVAL_S].fillna(0)).sum()) * res
     in_trials = float(trials[S.RESOURCE_S].sum())
     ray_start = meta["ray_start_s"] * budget["workers"] * res
+    drain = _drain_s(trials, budget["workers"], meta["suite_wall_s"]) * res
     return {"workers": budget["workers"], "trials": len(trials), "wall_s": meta["suite_wall_s"],
             "trials_per_hour": len(trials) / meta["suite_wall_s"] * 3600,
             "ray_start_share": ray_start / total,
             "between_trials_share": (total - in_trials - ray_start) / total,
+            "drain_share": drain / total,
             "trial_setup_share": (in_trials - useful) / total,
             "useful_share": useful / total}
+
+
+def _drain_s(trials, workers: int, wall_s: float) -> float:
+    """Worker-seconds from each worker's last trial's end to the suite's end. Trials are
+    laid on workers in the order they started, each on the worker free soonest (a worker
+    takes its next trial only once its last one ended)."""
+    free = [0.0] * workers
+    for started, ended in sorted(zip(trials[S.STARTED_S], trials[S.ENDED_S])):
+        free[free.index(min(free))] = ended
+    return sum(max(0.0, wall_s - end) for end in free)
 
 
 def print_overhead(name: str, rows: list[dict]) -> None:
     print(f"suite {name}; torch {torch.__version__}")
     print(f"{'workers':>7} {'trials':>6} {'wall s':>8} {'trials/h':>9} {'Ray start':>10} "
-          f"{'between':>8} {'harness':>8} {'setup':>7} {'useful':>7}")
+          f"{'between':>8} {'(drain)':>8} {'harness':>8} {'setup':>7} {'useful':>7}")
     for r in rows:
         harness = r["ray_start_share"] + r["between_trials_share"]
         print(f"{r['workers']:7d} {r['trials']:6d} {r['wall_s']:8.1f} {r['trials_per_hour']:9.1f} "
-              f"{r['ray_start_share']:10.1%} {r['between_trials_share']:8.1%} {harness:8.1%} "
-              f"{r['trial_setup_share']:7.1%} {r['useful_share']:7.1%}")
+              f"{r['ray_start_share']:10.1%} {r['between_trials_share']:8.1%} "
+              f"{r['drain_share']:8.1%} {harness:8.1%} {r['trial_setup_share']:7.1%} "
+              f"{r['useful_share']:7.1%}")
     if len(rows) > 1:
         print(f"throughput {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
               f"{rows[-1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}x")

@@ -194,7 +194,8 @@ def _cmd_run(args) -> int:
     if args.resume and args.out:
         raise BenchError("run: give --out or --resume, not both")
     if suite.replay:  # records, not training: the same as bench replay
-        for flag, given in (("--resume", args.resume), ("--address", args.address)):
+        for flag, given in (("--resume", args.resume), ("--address", args.address),
+                            ("--backend", args.backend)):
             if given:
                 raise BenchError(f"run: {args.suite} is a replay suite (it names records): "
                                  f"{flag} does not apply; bench replay {args.suite}")
@@ -209,7 +210,7 @@ def _cmd_run(args) -> int:
     stop_on_sigterm()  # SIGTERM (kill, a scheduler's stop) likewise: one line, exit 143
     try:
         run_suite(suite, out, address=args.address, progress=not args.quiet,
-                  resume=bool(args.resume))
+                  resume=bool(args.resume), backend=args.backend or "actors")
     except Terminated:
         print(f"bench: terminated (SIGTERM); {again}", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                "into trials,\nto test that a suite survives them (see docs/reliability.md).")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml; a replay suite "
                                  "(one that names records) is replayed, as by bench replay "
-                                 "(no --resume, --address)")
+                                 "(no --resume, --address, --backend)")
     _add_out(p)
     p.add_argument("--resume", metavar="DIR", type=_directory,
                    help="go on with the run in DIR that was stopped or killed (same suite): "
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
                         "started and stopped by the harness)")
+    p.add_argument("--backend", choices=["actors", "tune"], default=None,
+                   help="how trials run on Ray: actors, a pool of long-lived workers that "
+                        "keep their data and network between trials (default); tune, one "
+                        "Ray Tune experiment (same records, more time between trials)")
     _add_quiet(p)
     p.set_defaults(func=_cmd_run)
 

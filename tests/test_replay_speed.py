@@ -59,22 +59,26 @@ def test_published_records_are_read_once_and_a_run_directory_every_time(tmp_path
     assert set(again.trials[S.METHOD]) == {"grid"}
 
 
-def test_a_replay_gives_the_same_records_every_time(tmp_path):
-    suite = parse_replay_suite(SUITE)
-    stages: dict = {}
-    one = run_replay(suite, tmp_path / "one", progress=False, stages=stages)
-    two = run_replay(suite, tmp_path / "two", progress=False)
-    assert stages["trials"] == len(read_trials(one)) > 0
-    assert {"load_s", "simulate_s", "write_s"} <= set(stages)
-    pd.testing.assert_frame_equal(comparable(read_trials(one)), comparable(read_trials(two)))
-    pd.testing.assert_frame_equal(read_reports(one), read_reports(two))
+@pytest.fixture(scope="module")
+def replayed_dir(tmp_path_factory):
+    return run_replay(parse_replay_suite(SUITE), tmp_path_factory.mktemp("r") / "run",
+                      progress=False)
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory):
-    out = run_replay(parse_replay_suite(SUITE), tmp_path_factory.mktemp("r") / "run",
-                     progress=False)
-    return read_trials(out)
+def replayed(replayed_dir):
+    return read_trials(replayed_dir)
+
+
+def test_a_replay_gives_the_same_records_every_time(replayed_dir, tmp_path):
+    stages: dict = {}
+    two = run_replay(parse_replay_suite(SUITE), tmp_path / "two", progress=False,
+                     stages=stages)
+    assert stages["trials"] == len(read_trials(two)) > 0
+    assert {"load_s", "simulate_s", "write_s"} <= set(stages)
+    pd.testing.assert_frame_equal(comparable(read_trials(replayed_dir)),
+                                  comparable(read_trials(two)))
+    pd.testing.assert_frame_equal(read_reports(replayed_dir), read_reports(two))
 
 
 def _plain_curves(trials: pd.DataFrame) -> pd.DataFrame:

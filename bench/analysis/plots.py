@@ -33,6 +33,7 @@ from bench.records.rundir import GRID_PLUGIN, default_reference
 from bench.records.tables import atomic_write
 
 DPI = 160
+PAD_INCHES = 0.1  # around the drawing (savefig.pad_inches' default)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f",  # matplotlib's tab10, grey last; then, so that
            "#000080", "#9acd32", "#800000", "#ff1493", "#008080", "#daa520")  # 16 differ
@@ -51,9 +52,13 @@ BAND_TEXT = {
 
 
 def _save_atomic(fig: Figure, path: Path) -> None:
-    """A reader never sees a half-written figure, and a crash leaves the old one in place."""
+    """A reader never sees a half-written figure, and a crash leaves the old one in place.
+    The figure is cropped to what it draws, legend and caption outside the panels included,
+    as ``bbox_inches="tight"`` crops it; measured here once instead of by a second drawing
+    of the whole figure in every ``savefig``."""
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(PAD_INCHES)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=DPI,
-                                               bbox_inches="tight"))
+                                               bbox_inches=bbox))
 
 
 def plain_number(x: float, _pos=None) -> str:
@@ -256,7 +261,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
         number, files = job
         page = pages[number - 1]
         nrows = -(-len(page) // ncols)
-        fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+        fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI)
         FigureCanvasAgg(fig)
         extras = {"band": BAND_LABEL[band], "learned": LEARNED in columns}
         axes = {}

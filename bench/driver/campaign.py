@@ -238,6 +238,12 @@ class Campaign:
     def _own(self, trial_id: str) -> str:
         return self.alias.get(trial_id, trial_id)
 
+    def prunes(self, trial_id: str) -> bool:
+        """Whether the method may prune this trial at a report (a search trial of a method
+        with its own ``on_report``): its worker then waits for each decision."""
+        return (self.requests[self._own(trial_id)].kind == S.SEARCH
+                and type(self.method).on_report is not Method.on_report)
+
     def trial_started(self, trial_id: str) -> None:
         self.started.setdefault(self._own(trial_id), self.clock())
 
@@ -506,6 +512,9 @@ class CampaignQueue:
 
     def report(self, trial_id: str, report: EpochReport) -> Decision:
         return self.owner[trial_id][1].trial_report(trial_id, report)
+
+    def prunes(self, trial_id: str) -> bool:
+        return self.owner[trial_id][1].prunes(trial_id)
 
     def failure_reason(self, trial_id: str, reason: str) -> None:
         self.reasons[trial_id] = reason

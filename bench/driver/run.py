@@ -165,15 +165,23 @@ def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
     return events, good, metadata
 
 
+BACKENDS = ("actors", "tune")
+
+
 def run_suite(suite: Suite, out: Path, address: str | None = None,
-              progress: bool = True, command: str = "", resume: bool = False) -> Path:
+              progress: bool = True, command: str = "", resume: bool = False,
+              backend: str = "actors") -> Path:
     """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check.
     With ``resume``, go on with the run a killed driver left in ``out``: its journal's
-    finished trials are kept (and their compute counted), trials it left running run again."""
+    finished trials are kept (and their compute counted), trials it left running run again.
+    ``backend``: "actors", a pool of long-lived Ray actors (``bench.driver.ray_pool``), or
+    "tune", one Ray Tune experiment (``bench.driver.ray_runner``); both give equal records."""
     import ray
 
-    from bench.driver.ray_runner import run_campaigns
     from bench.worker.trial import TrialSpec
+
+    if backend not in BACKENDS:
+        raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
     if suite.replay:  # its trials are recorded runs: bench.driver.replay_suite.run_replay
         raise BenchError(f"suite {suite.name!r} replays records: bench replay SUITE")
@@ -216,13 +224,15 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             ray_processes.record(out, temp_dir)
         if resume:
             metadata.setdefault("resumed", []).append(
-                {"at": now_stamp(), "suite_s": last_at, "ray_start_s": ray_start_s})
+                {"at": now_stamp(), "suite_s": last_at, "ray_start_s": ray_start_s,
+                 "backend": backend})
             # the reports of attempts cut short go: their trials run again from the start
             rewrite_journal(out / S.JOURNAL_FILE, events)
             good = None
         else:
             metadata = run_metadata(suite, command) | {"ray_address": address or "local",
-                                                       "ray_start_s": ray_start_s}
+                                                       "ray_start_s": ray_start_s,
+                                                       "backend": backend}
             if faults:  # this run's failures were made on purpose
                 metadata["injected_faults"] = os.environ[ENV]
         write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
@@ -251,10 +261,16 @@ def run_suite(suite: Suite, out: Path, address: str | None = None,
             again = sum(len(c.rerun) for _, c in queue.active)
             view.progress.say(f"resuming {out}: {kept} finished trials kept, {again} cut "
                               "short run again")
-        run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"), faults)
+        if backend == "tune":
+            from bench.driver.ray_runner import run_campaigns
+
+            run_campaigns(queue, specs, suite.budget, os.path.join(temp_dir, "tune"), faults)
+        else:
+            from bench.driver.ray_pool import run_campaigns
+
+            run_campaigns(queue, specs, suite.budget, faults)
         if not queue.finished:
-            raise RunStopped(f"Ray Tune stopped before the suite finished; {out} can be "
-                             "resumed")
+            raise RunStopped(f"Ray stopped before the suite finished; {out} can be resumed")
         metadata |= {"ended": now_stamp(),
                      "suite_wall_s": time.perf_counter() - clock0}
         write_json(out / S.METADATA_FILE, metadata)
