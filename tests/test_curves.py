@@ -458,3 +458,21 @@ def test_full_grid_reproduces_published_cifar10_n100():
         assert last.loc[rs, s.K] == boot.loc[rs, s.K] == 24
         assert last.loc[rs, s.COMPUTE_S] == pytest.approx(expected, rel=1e-12)
         assert boot.loc[rs, s.COMPUTE_S] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5, 10])
+def test_the_mean_interval_is_scipys_bootstrap_to_the_bit(seeds):
+    """``mean_interval`` computes each distinct resample once; the interval is exactly
+    what scipy.stats.bootstrap's percentile interval of the mean gives."""
+    from bench.analysis.stats import _bootstrap
+
+    rng = np.random.default_rng(seeds)
+    values = rng.random((seeds, 400))
+    values[:, :40] = 0.5  # seeds that agree
+    values[:, 40:200] = np.round(values[:, 40:200], 2)  # ties across resamples
+    values[1, 200:220] = values[0, 200:220]
+    ours = mean_interval(values)
+    ci = _bootstrap(values, np.mean, vectorized=True).confidence_interval
+    assert np.array_equal(ours[0], ci.low) and np.array_equal(ours[1], ci.high)
+    one = mean_interval(values[:, 7])  # a single column, as the report asks
+    assert one[0] == ours[0][7] and one[1] == ours[1][7]

@@ -231,22 +231,8 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
                          f"{', '.join(known)}")
     shown = [m for m in known if not methods or m in methods]
     kinds = method_kinds(trials)
-    curves = anytime_curves(trials)
-    agg = (aggregate_curves(curves, band="minmax" if band == "none" else band) if len(curves)
-           else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored yet: empty panels
-    boot = None
-    ref_plugins = (trials.loc[trials[METHOD] == reference, PLUGIN].dropna() if PLUGIN in trials
-                   else pd.Series(dtype=object))
-    ref_is_grid = ((ref_plugins == GRID_PLUGIN).any() if len(ref_plugins)
-                   else reference == GRID_PLUGIN)  # an old run: the label says it
-    if ref_is_grid and reference in set(curves[METHOD]) and reference in shown:
-        boot = grid_bootstrap(trials, method=reference)
-        boot = boot[boot["complete"].astype(bool)]  # exact only if every config was retrained
     columns = [k for k in ("search", LEARNED) if any(kinds[m] == k for m in shown)] or ["search"]
-    c = {"agg": agg, "shown": shown, "kinds": kinds, "reference": reference, "band": band,
-         "finals": final_points(curves) if not curves.empty else None,
-         "oracle": sweep_best(trials), "boot": boot, "caps": caps or {}, "columns": columns,
-         "colors": {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(known) if m in shown}}
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(known) if m in shown}
     panels = [(task, kind) for task in task_list for kind in columns]
     grid = len(task_list) > MAX_COLUMNS
     ncols = MAX_COLUMNS if grid else len(columns)
@@ -257,9 +243,28 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     pages = [panels[i:i + per_page] for i in range(0, len(panels), per_page)]
 
-    def draw(job: tuple[int, tuple[Path, ...]]) -> tuple[Path, ...]:
-        number, files = job
+    def prepare(page_trials: pd.DataFrame) -> dict:
+        """What a page's panels draw, from its tasks' records only (each task's curves,
+        band and grid bootstrap are its own): pages are prepared side by side."""
+        curves = anytime_curves(page_trials)
+        agg = (aggregate_curves(curves, band="minmax" if band == "none" else band)
+               if len(curves) else pd.DataFrame(columns=AGGREGATE_COLUMNS))  # nothing scored
+        boot = None
+        ref_plugins = (page_trials.loc[page_trials[METHOD] == reference, PLUGIN].dropna()
+                       if PLUGIN in page_trials else pd.Series(dtype=object))
+        ref_is_grid = ((ref_plugins == GRID_PLUGIN).any() if len(ref_plugins)
+                       else reference == GRID_PLUGIN)  # an old run: the label says it
+        if ref_is_grid and reference in set(curves[METHOD]) and reference in shown:
+            boot = grid_bootstrap(page_trials, method=reference)
+            boot = boot[boot["complete"].astype(bool)]  # exact only if all were retrained
+        return {"agg": agg, "shown": shown, "kinds": kinds, "reference": reference,
+                "band": band, "finals": final_points(curves) if not curves.empty else None,
+                "oracle": sweep_best(page_trials), "boot": boot, "caps": caps or {},
+                "columns": columns, "colors": colors}
+
+    def draw(number: int) -> list[Path]:
         page = pages[number - 1]
+        c = prepare(trials[trials[TASK].isin({task for task, _ in page})])
         nrows = -(-len(page) // ncols)
         fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI)
         FigureCanvasAgg(fig)
@@ -272,19 +277,18 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
             ax.set_xlabel(f"compute ({unit})", fontsize=7 if grid else 9)
             if i % ncols == 0:
                 ax.set_ylabel("balanced test accuracy (%)", fontsize=7 if grid else 9)
-        _legend(fig, c["colors"], kinds, seeds, extras)
+        _legend(fig, colors, kinds, seeds, extras)
         fig.tight_layout()
+        fig.set_layout_engine(None)  # laid out: else every savefig draws the figure twice
         _caption(fig, reference, band, extras, size[0] * ncols)
-        for path in files:
-            _save_atomic(fig, path)
-        return files
 
-    numbers = range(1, len(pages) + 1)
-    if len(pages) > 1:  # each page's PNG and SVG drawn on their own, in parallel processes
-        jobs = [(n, (path,)) for n in numbers for path in page_paths(out_stem, n)]
-    else:
-        jobs = [(n, tuple(page_paths(out_stem, n))) for n in numbers]
-    paths = [path for files in fork_map(draw, jobs) for path in files]
+        def save(path: Path) -> Path:
+            _save_atomic(fig, path)
+            return path
+        # laid out once, the page's PNG and SVG are drawn side by side where cores allow
+        return list(fork_map(save, page_paths(out_stem, number)))
+
+    paths = [path for files in fork_map(draw, range(1, len(pages) + 1)) for path in files]
     _remove_stale_pages(out_stem, len(pages))
     return paths
 

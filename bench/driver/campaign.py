@@ -460,9 +460,9 @@ class CampaignQueue:
                  log: Callable[[dict], None] | None = None) -> None:
         self.plans = plans
         self.on_start, self.on_done = on_start, on_done
+        self.active: list[tuple[int, Campaign]] = []
         self.log = log
         self.muted = False  # while restoring from a journal: its events are written already
-        self.active: list[tuple[int, Campaign]] = []
         self.exhausted: set[int] = set()
         self.next_plan = 0
         self.owner: dict[str, tuple[int, Campaign]] = {}
@@ -499,12 +499,24 @@ class CampaignQueue:
         if self.on_start:
             self.on_start(campaign)
         self._log(event(Event.START, idx))
-        campaign.log = self._log
+        campaign.log = self._log if self.log else None
         return campaign
 
+    @property
+    def log(self) -> Callable[[dict], None] | None:
+        return self._journal
+
+    @log.setter
+    def log(self, journal: Callable[[dict], None] | None) -> None:
+        """Set (or drop) where events go, for the campaigns running too. Without one,
+        campaigns make no events at all (a replay's hundreds of thousands of reports)."""
+        self._journal = journal
+        for _, campaign in self.active:
+            campaign.log = self._log if journal else None
+
     def _log(self, line: dict) -> None:
-        if self.log and not self.muted:
-            self.log(line)
+        if self._journal and not self.muted:
+            self._journal(line)
 
     def started(self, trial_id: str) -> None:
         if trial_id in self.owner:

@@ -38,9 +38,12 @@ def fork_map(fn: Callable, items: list, jobs: int | None = None) -> Iterator:
             threading.active_count() > 1:
         yield from map(fn, items)
         return
+    outer = _INHERITED.get("fn")  # called inside a child of another fork_map: put back
     _INHERITED["fn"] = fn
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
             yield from pool.map(_call, items)
     finally:
-        _INHERITED.clear()
+        _INHERITED.pop("fn")
+        if outer is not None:
+            _INHERITED["fn"] = outer

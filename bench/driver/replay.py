@@ -20,6 +20,7 @@ import heapq
 import itertools
 import json
 import math
+import weakref
 
 from bench.contract import schema as S
 from bench.contract.protocol import SCORES, Decision, EpochReport, FinalResult, TrialRequest
@@ -49,6 +50,7 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
              clock: SimulatedClock) -> None:
     """Run the queue's campaigns against the records: a discrete-event simulation."""
     events: list[tuple[float, int, str, EpochReport | FinalResult]] = []
+    runs = _MADE.setdefault(recorded, {})  # its runs' messages, made once for every method
     order = itertools.count()
     live: set[str] = set()
     ids = itertools.count()
@@ -62,7 +64,7 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
             _, campaign = queue.owner[trial_id]
             queue.started(trial_id)
             live.add(trial_id)
-            for at, message in _recorded_run(recorded, campaign, request):
+            for at, message in _recorded_run(recorded, campaign, request, runs):
                 heapq.heappush(events, (clock.now + at, next(order), trial_id, message))
         if not live:
             if request is None and queue.active:
@@ -79,13 +81,26 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
         queue.complete(trial_id, message if isinstance(message, FinalResult) else None)
 
 
-def _recorded_run(recorded: Recorded, campaign, request: TrialRequest):
+# per recorded-run model, the messages of each run already looked up (by the run's id: the
+# model holds the run for as long as it lives)
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _recorded_run(recorded: Recorded, campaign, request: TrialRequest, made: dict):
     """The messages a trial's recorded run sends, with their seconds into the run: its
-    epoch reports, then its final result (a failure if nothing was recorded for it)."""
+    epoch reports, then its final result (a failure if nothing was recorded for it).
+    ``made``: the messages of runs looked up before (frozen: shared by the trials of every
+    method that asks for the run)."""
     run = recorded.lookup(campaign.task.name, campaign.seed, request.kind, request.hp)
     if run is None:
         return [(0.0, FinalResult(S.FAILED, node=NODE, error=f"no recorded {request.kind} "
                                                              f"run for {request.hp}"))]
+    if id(run) not in made:
+        made[id(run)] = _messages(recorded, run)
+    return made[id(run)]
+
+
+def _messages(recorded: Recorded, run: dict) -> list:
     wall, curve = float(run[S.WALL_S]), recorded.curves.of(run)
     if curve:  # the recorded reports, metrics and all, at their steps
         messages = [(at, EpochReport(report[S.STEP],

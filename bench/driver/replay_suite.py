@@ -27,6 +27,7 @@ records. E.g. ``suites/replay-cifar10-resnet50.toml``:
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from bench.contract import schema as S
 from bench.contract.errors import BenchError
 from bench.driver.campaign import CampaignQueue
 from bench.driver.replay import SimulatedClock, simulate
-from bench.driver.forked import default_jobs
+from bench.driver.forked import default_jobs, fork_map
 from bench.driver.replay_parallel import simulate_each
 from bench.driver.run_output import (Progress, RunView, check_output_dir, lock_run_dir,
                                      now_stamp, release_run_dir, run_metadata)
@@ -83,31 +84,34 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
                     **({"records_method": records.method} if records.method else {})}
         write_json(out / S.METADATA_FILE, metadata)  # first: it marks the directory as a run
         write_text(out / S.SUITE_FILE, suite.source)
-        if suite.budget.workers == 1:
-            rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs)
-        else:  # campaigns overlap on the shared pool: simulated together
-            clock = SimulatedClock()
-            view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
-            queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True),
-                                  view.started, view.done)
-            simulate(queue, recorded, suite.budget.workers, clock)
-            rows = [r for c in view.campaigns for r in c.rows]
-            reports = [r for c in view.campaigns for r in c.reports]
-            simulated_s = clock.now
+        # what is alive now (the records) lives to the end: Python's collector need not
+        # scan it again and again while the methods make their many small objects
+        gc.collect()
+        gc.freeze()
+        try:
+            if suite.budget.workers == 1:
+                rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs)
+            else:  # campaigns overlap on the shared pool: simulated together
+                clock = SimulatedClock()
+                view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
+                queue = CampaignQueue(view.builders(suite, clock=clock, discrete=True),
+                                      view.started, view.done)
+                simulate(queue, recorded, suite.budget.workers, clock)
+                rows = [r for c in view.campaigns for r in c.rows]
+                reports = [r for c in view.campaigns for r in c.reports]
+                simulated_s = clock.now
+        finally:
+            gc.unfreeze()
         stages["simulate_s"] = time.perf_counter() - started
         if published:  # each recorded run held one A100 (unit "gpu"); its CPU time unknown
             rows = [{**r, S.CPU_S: None, S.GPU_S: r[S.WALL_S]} for r in rows]
-        trials = frame(rows, S.TRIAL_COLUMNS)
-        if records.bo:
-            bo = pd.concat([published_bo(r) for r in records.name.split(SEPARATOR)
-                            if record_set(r).bo], ignore_index=True)
-            names = {t.name for t in suite.tasks}
-            bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
-            trials = pd.concat([trials, bo.assign(**{S.SUITE: suite.name,
-                                                     S.PLUGIN: "published:bo"})],
-                               ignore_index=True)  # recorded traces, not a plugin run here
-        write_table(out / S.TRIALS_FILE, trials)
-        write_table(out / S.REPORTS_FILE, frame(reports, S.REPORT_COLUMNS))
+
+        def write(table: str) -> None:  # the two tables side by side where cores allow
+            if table == S.REPORTS_FILE:
+                write_table(out / table, frame(reports, S.REPORT_COLUMNS))
+            else:
+                write_table(out / table, _with_bo(frame(rows, S.TRIAL_COLUMNS), suite))
+        list(fork_map(write, [S.REPORTS_FILE, S.TRIALS_FILE]))
         write_json(out / S.METADATA_FILE, metadata | {
             "ended": now_stamp(), "simulated_s": simulated_s,
             "replay_wall_s": time.perf_counter() - started})
@@ -116,6 +120,20 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
     finally:
         release_run_dir(lock)
     return out
+
+
+def _with_bo(trials: pd.DataFrame, suite: Suite) -> pd.DataFrame:
+    """The trials, and the published BO traces of the suite's tasks and seeds where its
+    records have them (recorded traces, not a plugin run here)."""
+    records = suite.records
+    if not records.bo:
+        return trials
+    bo = pd.concat([published_bo(r) for r in records.name.split(SEPARATOR)
+                    if record_set(r).bo], ignore_index=True)
+    names = {t.name for t in suite.tasks}
+    bo = bo[bo[S.TASK].isin(names) & (bo[S.SEED] // 100).isin(suite.seeds)]
+    return pd.concat([trials, bo.assign(**{S.SUITE: suite.name, S.PLUGIN: "published:bo"})],
+                     ignore_index=True)
 
 
 def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | None):

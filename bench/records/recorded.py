@@ -53,6 +53,7 @@ class Recorded:
         validated = [self.curves.validated(r) for r in rows]
         order = np.argsort(np.array(validated, dtype=bool), kind="stable")
         self.trials = ok.assign(_key=keys, _validated=validated).iloc[order]
+        self._tasks = sorted({r[S.TASK] for r in rows})  # asked per task: read once
         self.runs = {}
         for i in order:
             r = rows[i] | {"_key": keys[i], "_validated": validated[i]}
@@ -81,7 +82,7 @@ class Recorded:
         return sum(not self.curves.validated(r) for r in runs), len(runs)
 
     def tasks(self) -> list[str]:
-        return sorted(set(self.trials[S.TASK]))
+        return list(self._tasks)
 
     def space(self, task: str) -> tuple[Param, ...]:
         """Each hyperparameter's recorded values (grid), over the task's search runs, in a
