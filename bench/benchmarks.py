@@ -194,8 +194,10 @@ def print_overhead(name: str, rows: list[dict]) -> None:
               f"{rows[-1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}x")
 
 
-def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> list[dict]:
-    """Run a suite once per pool size (1 CPU per worker) and print ``overhead_shares``."""
+def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2),
+                      backend: str = "actors") -> list[dict]:
+    """Run a suite once per pool size (1 CPU per worker) on ``backend`` and print
+    ``overhead_shares``."""
     import dataclasses
     import tempfile
     from pathlib import Path
@@ -209,9 +211,9 @@ def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2)) -> lis
         budget = dataclasses.replace(suite.budget, workers=w, cpus_per_worker=1.0)
         with tempfile.TemporaryDirectory() as tmp:
             out = run_suite(dataclasses.replace(suite, budget=budget), Path(tmp) / "run",
-                            progress=False)
+                            progress=False, backend=backend)
             rows.append(overhead_shares(out))
-    print_overhead(suite.name, rows)
+    print_overhead(f"{suite.name}, backend {backend}", rows)
     return rows
 
 

@@ -167,7 +167,7 @@ def _cmd_benchmark(args) -> int:
         benchmarks.print_overhead(args.run_dir, [benchmarks.overhead_shares(args.run_dir)])
     else:
         benchmarks.harness_benchmark(args.suite or "suites/overhead.toml",
-                                     workers=tuple(args.workers))
+                                     workers=tuple(args.workers), backend=args.backend)
     return 0
 
 
@@ -468,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "replay in (default: a temporary one)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
+    p.add_argument("--backend", choices=["actors", "tune"], default="actors",
+                   help="harness: how trials run on Ray, as bench run --backend")
     p.add_argument("--run-dir", default=None,
                    help="harness: analyse this finished run instead of running the suite")
     p.add_argument("--backbone", default="small-cnn", help="ntk: the network (bench list "
