@@ -106,3 +106,26 @@ def test_the_pool_and_ray_tune_write_equal_records(smoke_run, tmp_path):
                   for d in (smoke_run, out))
     pd.testing.assert_frame_equal(pool, tune)
     assert len(pool) >= 30
+
+
+@pytest.mark.ray
+def test_a_method_hook_that_raises_on_the_pool_stops_the_run_and_names_it(tmp_path,
+                                                                         monkeypatch, capsys):
+    """A bug in a method's own hook (run by the driver as trials finish) stops a live run
+    with exit 1, the method, the hook and the traceback; the pool's actors go with it."""
+    import baselines
+    from bench.cli import main
+
+    def on_result(self, result):
+        return result.metrics["val_loss"]  # no such metric: it is val_nll
+
+    monkeypatch.setattr(baselines.GridSearch, "on_result", on_result)
+    suite = tmp_path / "hook.toml"
+    suite.write_text('name = "hook"\nseeds = [0]\n[budget]\ncap_s = 100\n[[tasks]]\n'
+                     'dataset = "digits"\nn = 60\nbackbone = "small-cnn"\nimage_size = 8\n'
+                     'steps = 4\nbatch_size = 16\ntest_limit = 60\n[methods.grid]\n'
+                     'max_trials = 2\n')
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bench: method 'grid' raised in on_result(): KeyError: 'val_loss'\n")
+    assert "Traceback" in err

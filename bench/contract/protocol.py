@@ -2,8 +2,9 @@
 worker reports each epoch and returns at the end, what the driver decides on a report,
 and the events the run's journal records.
 
-Every backend speaks it: Ray Tune (``bench.driver.ray_runner``), the replay simulator
-(``bench.driver.replay``) and the inline runner; the worker side is ``bench.worker.trial``. On the
+Every backend speaks it: the Ray actor pool (``bench.driver.ray_pool``), Ray Tune
+(``bench.driver.ray_runner``), the replay simulator (``bench.driver.replay``) and the inline
+runner; the worker side is ``bench.worker.trial``. On the
 wire a message is a plain dict, because Ray Tune passes configurations and results as
 dicts (adding fields of its own) and the journal is JSON lines; the ``to_*``/``from_*``
 pairs here are the one place those keys are spelled. No torch, Ray or pandas here."""
