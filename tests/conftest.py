@@ -8,6 +8,16 @@ from bench.zoo.network import Network
 
 
 @pytest.fixture
+def break_on_result(monkeypatch):
+    """Give a method class an ``on_result`` hook with a bug (it reads a metric that does
+    not exist: ``KeyError: 'val_loss'``), to see how a run reports a plugin's own error."""
+    def on_result(self, result):
+        return result.metrics["val_loss"]  # no such metric: it is val_nll
+
+    return lambda cls: monkeypatch.setattr(cls, "on_result", on_result)
+
+
+@pytest.fixture
 def tiny_net() -> Network:
     """Two linear layers: backbone ``0`` (stage 0) and head ``1``, with mu0 offset from 0."""
     torch.manual_seed(0)

@@ -130,15 +130,13 @@ def test_benchmark_ntk_prints_the_scaling_table(capsys):
     assert [r[0] for r in rows] == ["20", "40"] and rows[0][2] == rows[0][4] == "1.00"
 
 
-def test_a_method_hook_that_raises_is_named_with_its_traceback(tmp_path, monkeypatch, capsys):
+def test_a_method_hook_that_raises_is_named_with_its_traceback(tmp_path, break_on_result,
+                                                                capsys):
     """A bug in a method's own hook stops the run with exit 1, the method, the hook and the
     traceback: it is not charged to a trial (here through bench replay: no Ray needed)."""
     import baselines
 
-    def on_result(self, result):
-        return result.metrics["val_loss"]  # no such metric: it is val_nll
-
-    monkeypatch.setattr(baselines.RandomSearch, "on_result", on_result)
+    break_on_result(baselines.RandomSearch)
     suite = tmp_path / "replay.toml"
     suite.write_text('name = "hook"\nrecords = "published:cifar10-resnet50"\nseeds = [1001]\n'
                      '[budget]\ncap_s = 1e12\n[[tasks]]\nname = "cifar10-resnet50-N100"\n'

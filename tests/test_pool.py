@@ -109,17 +109,14 @@ def test_the_pool_and_ray_tune_write_equal_records(smoke_run, tmp_path):
 
 
 @pytest.mark.ray
-def test_a_method_hook_that_raises_on_the_pool_stops_the_run_and_names_it(tmp_path,
-                                                                         monkeypatch, capsys):
+def test_a_method_hook_that_raises_on_the_pool_stops_the_run_and_names_it(
+        tmp_path, break_on_result, capsys):
     """A bug in a method's own hook (run by the driver as trials finish) stops a live run
     with exit 1, the method, the hook and the traceback; the pool's actors go with it."""
     import baselines
     from bench.cli import main
 
-    def on_result(self, result):
-        return result.metrics["val_loss"]  # no such metric: it is val_nll
-
-    monkeypatch.setattr(baselines.GridSearch, "on_result", on_result)
+    break_on_result(baselines.GridSearch)
     suite = tmp_path / "hook.toml"
     suite.write_text('name = "hook"\nseeds = [0]\n[budget]\ncap_s = 100\n[[tasks]]\n'
                      'dataset = "digits"\nn = 60\nbackbone = "small-cnn"\nimage_size = 8\n'

@@ -528,8 +528,11 @@ class CampaignQueue:
     def prunes(self, trial_id: str) -> bool:
         return self.owner[trial_id][1].prunes(trial_id)
 
-    def failure_reason(self, trial_id: str, reason: str) -> None:
-        self.reasons[trial_id] = reason
+    def failure_reason(self, trial_id: str, error: BaseException) -> None:
+        """Why the backend lost a trial (an exception outside the trial's own code, or its
+        worker died), kept for its record as one line."""
+        text = " ".join(str(error).split())
+        self.reasons[trial_id] = f"{type(error).__name__}: {text}"[:500]
 
     def complete(self, trial_id: str, final: FinalResult | None, error: bool = False) -> None:
         if trial_id not in self.owner:

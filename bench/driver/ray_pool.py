@@ -5,11 +5,13 @@ keeps what it built (prepared data, the first network) from trial to trial. The 
 pulls the campaigns' requests and hands each to an idle actor; a trial's epoch reports come
 back one call at a time (``bench.worker.stepper``), so the campaign decides on each (prune,
 stop at the cap) as under Ray Tune (``bench.driver.ray_runner``, ``bench run --backend
-tune``); only a trial its method may prune waits for each decision (``TrialStepper``). An actor that dies (the OS killed it, a fault) fails its trial and is replaced.
+tune``); only a trial its method may prune waits for each decision (``TrialStepper``). An
+actor that dies (the OS killed it, a fault) fails its trial and is replaced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 
@@ -46,11 +48,6 @@ def _wire(message: EpochReport | FinalResult | None) -> dict | None:
     return None if message is None else message.to_result()
 
 
-def _reason(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}"[:500]
-
-
 def run_campaigns(queue: CampaignQueue, specs: list[TrialSpec], budget: Budget,
                   faults: dict[tuple[int, str], str] | None = None) -> None:
     """Run every campaign of ``queue`` on ``budget.workers`` actors of the Ray cluster that
@@ -72,9 +69,8 @@ def run_campaigns(queue: CampaignQueue, specs: list[TrialSpec], budget: Budget,
                 request = queue.suggest(trial_id)
                 if not isinstance(request, TrialRequest):
                     break
-                fault = faults.get((request.campaign, request.trial))
-                request = TrialRequest(request.campaign, request.trial, request.kind,
-                                       request.hp, request.retrain_of, fault)
+                request = dataclasses.replace(
+                    request, fault=faults.get((request.campaign, request.trial)))
                 actor = idle.pop()
                 queue.started(trial_id)
                 call = actor.start.remote(request.to_config(), queue.prunes(trial_id))
@@ -87,7 +83,7 @@ def run_campaigns(queue: CampaignQueue, specs: list[TrialSpec], budget: Budget,
                 message = parse_result(ray.get(ref))
             except RayError as err:  # the actor died, or failed outside the trial's code
                 if trial_id not in stopped:
-                    queue.failure_reason(trial_id, _reason(err))
+                    queue.failure_reason(trial_id, err)
                     queue.complete(trial_id, None, error=True)
                 stopped.discard(trial_id)
                 if not isinstance(err, RayActorError):

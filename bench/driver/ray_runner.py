@@ -76,8 +76,7 @@ class _QueueScheduler(FIFOScheduler):
                 error = cloudpickle.load(f)
         except (OSError, TypeError, ValueError, EOFError):
             return
-        text = " ".join(str(error).split())
-        self.queue.failure_reason(trial.trial_id, f"{type(error).__name__}: {text}"[:500])
+        self.queue.failure_reason(trial.trial_id, error)
 
 
 class _StartTimes(tune.Callback):

@@ -50,7 +50,6 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
              clock: SimulatedClock) -> None:
     """Run the queue's campaigns against the records: a discrete-event simulation."""
     events: list[tuple[float, int, str, EpochReport | FinalResult]] = []
-    runs = _MADE.setdefault(recorded, {})  # its runs' messages, made once for every method
     order = itertools.count()
     live: set[str] = set()
     ids = itertools.count()
@@ -64,7 +63,7 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
             _, campaign = queue.owner[trial_id]
             queue.started(trial_id)
             live.add(trial_id)
-            for at, message in _recorded_run(recorded, campaign, request, runs):
+            for at, message in _recorded_run(recorded, campaign, request):
                 heapq.heappush(events, (clock.now + at, next(order), trial_id, message))
         if not live:
             if request is None and queue.active:
@@ -86,15 +85,15 @@ def simulate(queue: CampaignQueue, recorded: Recorded, workers: int,
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _recorded_run(recorded: Recorded, campaign, request: TrialRequest, made: dict):
+def _recorded_run(recorded: Recorded, campaign, request: TrialRequest):
     """The messages a trial's recorded run sends, with their seconds into the run: its
-    epoch reports, then its final result (a failure if nothing was recorded for it).
-    ``made``: the messages of runs looked up before (frozen: shared by the trials of every
-    method that asks for the run)."""
+    epoch reports, then its final result (a failure if nothing was recorded for it). Made
+    once per run (frozen: shared by the trials of every method that asks for it)."""
     run = recorded.lookup(campaign.task.name, campaign.seed, request.kind, request.hp)
     if run is None:
         return [(0.0, FinalResult(S.FAILED, node=NODE, error=f"no recorded {request.kind} "
                                                              f"run for {request.hp}"))]
+    made = _MADE.setdefault(recorded, {})
     if id(run) not in made:
         made[id(run)] = _messages(recorded, run)
     return made[id(run)]
