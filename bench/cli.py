@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("plot", help="accuracy-vs-compute plot of a run directory (DIR/tradeoff.png "
-                                    "and .svg; more than 6 tasks: small multiples, 24 panels "
-                                    "a page, tradeoff-2.png, ...), or of several merged")
+                                    "and .svg; more than 6 tasks: small multiples, up to 24 "
+                                    "panels a page, tradeoff-2.png, ...), or of several merged")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories of the same tasks, seeds and unit (several: "
                         "merged into one figure, against the first one's reference)")

@@ -476,3 +476,28 @@ def test_the_mean_interval_is_scipys_bootstrap_to_the_bit(seeds):
     assert np.array_equal(ours[0], ci.low) and np.array_equal(ours[1], ci.high)
     one = mean_interval(values[:, 7])  # a single column, as the report asks
     assert one[0] == ours[0][7] and one[1] == ours[1][7]
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5, 10])
+def test_the_seed_interval_is_scipys_bootstrap_to_the_bit(seeds):
+    """``seed_interval`` asks its statistic of each distinct resample once; the interval is
+    exactly scipy.stats.bootstrap's over all the resamples, inf ends included (a target
+    that some resamples never reach), vectorized or not."""
+    from bench.analysis.stats import _bootstrap, seed_interval
+
+    rng = np.random.default_rng(seeds)
+    for never in (set(), {0}, set(range(seeds - 1))):  # seeds that never reach: inf
+        reach = rng.random(seeds) * 100
+        reach[list(never)] = np.inf
+
+        def statistic(rows):  # a resample's worst seed, as compute to target takes it
+            return reach[rows].max(axis=-1)
+
+        def on_rows(sample, axis=-1):
+            return statistic(np.moveaxis(sample, axis, -1).astype(int))
+
+        ci = _bootstrap(np.arange(seeds, dtype=float), on_rows,
+                        vectorized=True).confidence_interval
+        scipys = tuple(float(np.inf if np.isnan(v) else v) for v in (ci.low, ci.high))
+        assert seed_interval(seeds, statistic, vectorized=True) == scipys
+        assert seed_interval(seeds, lambda row: float(statistic(row))) == scipys

@@ -70,11 +70,14 @@ def _cost(value) -> float:
     return 0.0 if pd.isna(value) else float(value)
 
 
-def _retrains(group: pd.DataFrame) -> dict[str, dict]:
-    """Usable retrain per search trial: OK with a test score; the earliest if repeated."""
-    ok = group[(group[KIND] == RETRAIN) & (group[STATUS] == OK) & group[TEST_ACC].notna()]
-    latest_first = _ordered(ok).to_dict("records")[::-1]
-    return {_key(r[RETRAIN_OF]): r for r in latest_first}  # the earliest overwrites the rest
+def _usable_retrains(runs: list[dict]) -> dict[str, dict]:
+    """Usable retrain per search trial (OK, with a test score), the earliest where repeated.
+    ``runs``: in completion order (``_ordered``)."""
+    retrains: dict[str, dict] = {}
+    for r in runs:
+        if r[KIND] == RETRAIN and r[STATUS] == OK and pd.notna(r[TEST_ACC]):
+            retrains.setdefault(_key(r[RETRAIN_OF]), r)
+    return retrains
 
 
 def _point(rows, group_key, k, compute, scored, incumbent):
@@ -82,20 +85,17 @@ def _point(rows, group_key, k, compute, scored, incumbent):
                                          scored[TEST_NLL], incumbent[TRIAL_ID]))))
 
 
-def _selection(group: pd.DataFrame) -> str:
+def _selection(runs: list[dict]) -> str:
     """What picks a search incumbent: validation NLL, or the method's own selection score
     (``objective``, lower is better) where its search runs carry one (e.g. minus CLML)."""
-    search = group[group[KIND] == SEARCH]
-    return OBJECTIVE if OBJECTIVE in group and search[OBJECTIVE].notna().any() else VAL_NLL
+    return (OBJECTIVE if any(r[KIND] == SEARCH and pd.notna(r.get(OBJECTIVE)) for r in runs)
+            else VAL_NLL)
 
 
 def _search_curve(group: list[dict], group_key, rows: list, score: str) -> None:
     """Charge each incumbent's retrain on top of the search so far, as the DE-ELBo study does.
     ``group``: the campaign's runs in completion order (``_ordered``)."""
-    retrains: dict[str, dict] = {}  # as ``_retrains``: the earliest usable retrain wins
-    for r in group:
-        if r[KIND] == RETRAIN and r[STATUS] == OK and pd.notna(r[TEST_ACC]):
-            retrains.setdefault(_key(r[RETRAIN_OF]), r)
+    retrains = _usable_retrains(group)
     spent, best = 0.0, None
     for k, t in enumerate((r for r in group if r[KIND] == SEARCH), start=1):
         spent += _cost(t[RESOURCE_S])
@@ -152,10 +152,8 @@ def anytime_curves(trials: pd.DataFrame) -> pd.DataFrame:
         has_learned = any(r[KIND] == LEARNED for r in group)
         if has_search and has_learned:
             raise BenchError(f"method {key[1]!r} of task {key[0]!r} has both search and learned runs")
-        if has_search:  # the selection score as ``_selection`` picks it
-            objective = OBJECTIVE in trials and any(
-                r[KIND] == SEARCH and pd.notna(r[OBJECTIVE]) for r in group)
-            _search_curve(group, key, rows, OBJECTIVE if objective else VAL_NLL)
+        if has_search:
+            _search_curve(group, key, rows, _selection(group))
         elif has_learned:
             _learned_curve(group, key, rows)
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
@@ -274,18 +272,18 @@ def _reach_rows(xs: np.ndarray, vals: np.ndarray, rows: np.ndarray, target: floa
     return out.reshape(rows.shape[:-1])
 
 
-def _bootstrap_candidates(group: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+def _bootstrap_candidates(runs: list[dict]) -> tuple[dict[str, np.ndarray], bool]:
     """OK search trials with a retrain, best validation NLL (or selection score) first (ties:
-    earlier completion)."""
-    retrains, score = _retrains(group), _selection(group)
-    ok = group[(group[KIND] == SEARCH) & (group[STATUS] == OK) & group[score].notna()]
-    ok = ok.sort_values([score, ENDED_S, TRIAL_ID], kind="stable")
-    keep = [_key(t) in retrains for t in ok[TRIAL_ID]]
-    cand = ok[keep].assign(
-        _retrain_s=[_cost(retrains[_key(t)][RESOURCE_S]) for t in ok[TRIAL_ID][keep]],
-        _acc=[float(retrains[_key(t)][TEST_ACC]) for t in ok[TRIAL_ID][keep]],
-        _search_s=[_cost(v) for v in ok[RESOURCE_S][keep]])
-    return cand, bool(all(keep))
+    earlier completion), as the columns the bootstrap draws from; and whether every OK
+    search trial had its retrain. ``runs``: one (task, seed)'s runs in completion order."""
+    retrains, score = _usable_retrains(runs), _selection(runs)
+    ok = sorted((r for r in runs if r[KIND] == SEARCH and r[STATUS] == OK and pd.notna(r[score])),
+                key=lambda r: r[score])  # stable: completion order breaks ties
+    kept = [(r, retrains[_key(r[TRIAL_ID])]) for r in ok if _key(r[TRIAL_ID]) in retrains]
+    columns = {"_search_s": [_cost(r[RESOURCE_S]) for r, _ in kept],
+               "_retrain_s": [_cost(retrain[RESOURCE_S]) for _, retrain in kept],
+               "_acc": [float(retrain[TEST_ACC]) for _, retrain in kept]}
+    return {c: np.array(v, dtype=float) for c, v in columns.items()}, len(kept) == len(ok)
 
 
 _UNIT_BITS = 53  # Generator.random draws multiples of 2**-53 in [0, 1)
@@ -371,9 +369,12 @@ def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500,
     if mine.empty:
         raise BenchError(f"grid_bootstrap: no runs of method {method!r}")
     rows = []
-    for (task, s), group in mine.groupby([TASK, SEED], sort=True):
-        cand, complete = _bootstrap_candidates(group)
-        columns = {c: cand[c].to_numpy() for c in ("_search_s", "_retrain_s", "_acc")}
+    mine = mine[[c for c in _CURVE_INPUTS if c in mine]]
+    mine = mine[mine[[TASK, SEED]].notna().all(axis=1)]  # as pandas' groups drop them
+    ordered = mine.sort_values([TASK, SEED, ENDED_S, TRIAL_ID], kind="stable")
+    for (task, s), group in itertools.groupby(ordered.to_dict("records"),
+                                              key=lambda r: (r[TASK], r[SEED])):
+        columns, complete = _bootstrap_candidates(list(group))
         entropy = [seed, zlib.crc32(f"{task}\0{s}".encode())]
         for k, stats in enumerate(_bootstrap_seed(columns, draws, entropy), start=1):
             rows.append(dict(zip(BOOTSTRAP_COLUMNS, (task, method, s, k, *stats, complete))))

@@ -51,12 +51,17 @@ BAND_TEXT = {
 }
 
 
-def _save_atomic(fig: Figure, path: Path) -> None:
+def tight_bbox(fig: Figure):
+    """What the figure draws, legend and caption outside the panels included, padded: the
+    crop ``bbox_inches="tight"`` makes, measured once (``savefig`` would draw the whole
+    figure a second time to measure it, for every file)."""
+    return fig.get_tightbbox(fig.canvas.get_renderer()).padded(PAD_INCHES)
+
+
+def _save_atomic(fig: Figure, path: Path, bbox=None) -> None:
     """A reader never sees a half-written figure, and a crash leaves the old one in place.
-    The figure is cropped to what it draws, legend and caption outside the panels included,
-    as ``bbox_inches="tight"`` crops it; measured here once instead of by a second drawing
-    of the whole figure in every ``savefig``."""
-    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(PAD_INCHES)
+    Cropped to ``bbox`` (default: ``tight_bbox``, measured now)."""
+    bbox = tight_bbox(fig) if bbox is None else bbox
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=DPI,
                                                bbox_inches=bbox))
 
@@ -192,6 +197,14 @@ def _draw_task(ax, task: str, kind: str, c: dict, extras: dict, grid: bool) -> N
     _log_axis(ax)
 
 
+def _page_size(panels: int, ncols: int) -> int:
+    """Panels a page of small multiples holds: at most ``PAGE_PANELS``, the pages filled
+    evenly in whole rows (29 tasks: 18 and 11, not 24 and 5), so that they are drawn side
+    by side in about the same time."""
+    pages = -(-panels // PAGE_PANELS)
+    return -(-(-(-panels // pages)) // ncols) * ncols
+
+
 def page_paths(out_stem: Path, page: int) -> list[Path]:
     """Page 1 is ``out_stem``.png/.svg, page k ``out_stem``-k.png/.svg."""
     name = out_stem.name if page == 1 else f"{out_stem.name}-{page}"
@@ -216,7 +229,8 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
                   tasks: str | None = None) -> list[Path]:
     """Per task, search and learned methods in separate panels, so methods are compared only
     under the same budget. Up to ``MAX_COLUMNS`` tasks: one row per task; more: small
-    multiples, at most ``MAX_COLUMNS`` panels a row and ``PAGE_PANELS`` a page, one figure
+    multiples, at most ``MAX_COLUMNS`` panels a row and ``PAGE_PANELS`` a page (pages
+    filled evenly, ``_page_size``), one figure
     per page with its own legend. ``tasks``: an fnmatch pattern of the tasks to draw.
     Writes ``out_stem``.png and .svg (more pages: ``out_stem``-2.png, ...); returns them."""
     if band not in BANDS:
@@ -236,7 +250,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     panels = [(task, kind) for task in task_list for kind in columns]
     grid = len(task_list) > MAX_COLUMNS
     ncols = MAX_COLUMNS if grid else len(columns)
-    per_page = PAGE_PANELS if grid else len(panels)
+    per_page = _page_size(len(panels), ncols) if grid else len(panels)
     size = GRID_PANEL if grid else PANEL
     seeds = trials.groupby(METHOD)[SEED].nunique().to_dict()
     out_stem = Path(out_stem)
@@ -282,10 +296,12 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
         fig.set_layout_engine(None)  # laid out: else every savefig draws the figure twice
         _caption(fig, reference, band, extras, size[0] * ncols)
 
+        bbox = tight_bbox(fig)  # once for both files
+
         def save(path: Path) -> Path:
-            _save_atomic(fig, path)
+            _save_atomic(fig, path, bbox)
             return path
-        # laid out once, the page's PNG and SVG are drawn side by side where cores allow
+        # laid out and measured once, the page's PNG and SVG are drawn side by side
         return list(fork_map(save, page_paths(out_stem, number)))
 
     paths = [path for files in fork_map(draw, range(1, len(pages) + 1)) for path in files]

@@ -48,22 +48,31 @@ def mean_interval(values) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(ci.low, dtype=float), np.asarray(ci.high, dtype=float)
     rows, which, counts = _resample_rows(seeds)
     means = np.moveaxis(values, 0, -1)[..., rows].mean(axis=-1)  # each distinct resample's
+    return _percentile_interval(means, which, counts)
+
+
+def _percentile_interval(values: np.ndarray, which: np.ndarray, counts: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """scipy.stats.bootstrap's percentile interval of the ``RESAMPLES`` statistics
+    ``values[..., which]``, given each distinct resample's statistic once (last axis) and
+    how often it was drawn: scipy.stats.quantile's "linear" method, term by term, on the
+    four order statistics it needs."""
     alpha = (1 - CONFIDENCE) / 2
     picks = []
-    for p in (alpha, 1 - alpha):  # scipy.stats.quantile's "linear" method, term by term
+    for p in (alpha, 1 - alpha):
         at = p * RESAMPLES + (1 - p)
         above = at // 1
         below = above - 1
         picks.append((at % 1, int(min(max(below, 0.0), RESAMPLES - 1)),
                       int(min(max(above, 0.0), RESAMPLES - 1))))
     ranks = sorted({k for _, lo, hi in picks for k in (lo, hi)})
-    if len(rows) <= 64:  # few distinct means: the k-th of the 2000 from their counts
-        order = np.argsort(means, axis=-1)
+    if values.shape[-1] <= 64:  # few distinct values: the k-th of the 2000 from their counts
+        order = np.argsort(values, axis=-1)
         ends = np.cumsum(counts[order], axis=-1)
-        ranked = {k: np.take_along_axis(means, np.take_along_axis(
+        ranked = {k: np.take_along_axis(values, np.take_along_axis(
             order, (ends <= k).sum(axis=-1, keepdims=True), -1), -1)[..., 0] for k in ranks}
     else:  # as many as resamples: the four order statistics, by partition
-        part = np.partition(means[..., which], ranks, axis=-1)
+        part = np.partition(values[..., which], ranks, axis=-1)
         ranked = {k: part[..., k] for k in ranks}
     low, high = ((1 - g) * ranked[lo] + g * ranked[hi] for g, lo, hi in picks)
     return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
@@ -88,14 +97,22 @@ def seed_interval(seeds: int, statistic: Callable[[np.ndarray], float],
     one value per resample (the same resamples, so the same interval, in one call)."""
     if seeds < 2:
         return np.nan, np.nan
+    # each distinct resample's statistic once, then scipy's interval of all of them
+    rows, which, counts = _resample_rows(seeds)
+    values = (np.asarray(statistic(rows), dtype=float) if vectorized
+              else np.array([statistic(r) for r in rows], dtype=float))
+    if np.isnan(values).any():  # scipy's own handling of a statistic without a value
 
-    def on_rows(sample: np.ndarray, axis: int = -1) -> float:
-        return statistic(np.moveaxis(sample, axis, -1).astype(int))
+        def on_rows(sample: np.ndarray, axis: int = -1) -> float:
+            return statistic(np.moveaxis(sample, axis, -1).astype(int))
 
-    ci = _bootstrap(np.arange(seeds, dtype=float), on_rows,
-                    vectorized=vectorized).confidence_interval
+        ci = _bootstrap(np.arange(seeds, dtype=float), on_rows,
+                        vectorized=vectorized).confidence_interval
+        low, high = ci.low, ci.high
+    else:
+        low, high = _percentile_interval(values, which, counts)
     # percentiles between two inf draws come out NaN: they are inf
-    return tuple(float(np.inf if np.isnan(v) else v) for v in (ci.low, ci.high))
+    return tuple(float(np.inf if np.isnan(v) else v) for v in (low, high))
 
 
 def wilcoxon_p(differences) -> float:
