@@ -81,6 +81,7 @@ class Campaign:
         self.index = 0  # which campaign of the suite (its plan's index), set by the queue
         self.clock = clock  # wall time, or a replay's simulated time
         self.requests: dict[str, TrialRequest] = {}  # every trial issued, by its own id
+        self.config_text: dict[str, str] = {}  # its configuration as its record's text
         self.alias: dict[str, str] = {}  # backend trial id -> campaign trial id
         self.started: dict[str, float] = {}
         self.stopped_as: dict[str, str] = {}
@@ -134,10 +135,11 @@ class Campaign:
         return [t for t in self.running() if self.requests[t].kind != S.RETRAIN]
 
     def tuning_spent(self) -> float:
-        """Finished tuning trials' compute plus what running ones have used so far."""
-        now = self.clock()
-        return self.spent_s + sum((now - self.started[t]) * self.res
-                                  for t in self.running_tuning() if t in self.started)
+        """Finished tuning trials' compute plus what running ones have used so far (asked
+        at every report: read in place rather than through ``running_tuning``)."""
+        now, started, requests, res = self.clock(), self.started, self.requests, self.res
+        return self.spent_s + sum((now - started[t]) * res for t in self.open_
+                                  if t in started and requests[t].kind != S.RETRAIN)
 
     def over_cap(self) -> bool:
         return self.tuning_spent() >= self.cap_s
@@ -189,9 +191,10 @@ class Campaign:
         kind = S.SEARCH if self.method.uses_validation else S.LEARNED
         hp = {k: float(v) for k, v in config.items()}
         self.requests[own] = TrialRequest(self.index, own, kind, hp)
+        self.config_text[own] = _config_text(hp)
         self.open_[own] = None
         self.tuning_order.append(own)
-        key = _run_key(self.requests[own])
+        key = self._run_key(own)
         if key in self.first_run:
             self.repeat_of[own] = self.first_run[key]
         else:
@@ -203,6 +206,7 @@ class Campaign:
         hp, of = self.retrain_queue.pop(0)
         own = f"{of}-retrain"
         self.requests[own] = TrialRequest(self.index, own, S.RETRAIN, hp, retrain_of=of)
+        self.config_text[own] = _config_text(hp)
         self.open_[own] = None
         self._log(Event.SUGGEST, trial=own, hp=hp, retrain_of=of)
         return own
@@ -226,10 +230,14 @@ class Campaign:
         self._finish(row)
         return True
 
+    def _run_key(self, own: str) -> str:
+        """What makes two tuning requests the same run (the seed is the campaign's)."""
+        return f"{self.requests[own].kind} {self.config_text[own]}"
+
     def _runs_again(self, own: str) -> None:
         """``own`` repeats a run that found nothing: it runs, and answers later repeats."""
         del self.repeat_of[own]
-        self.first_run[_run_key(self.requests[own])] = own
+        self.first_run[self._run_key(own)] = own
 
     def _stalled(self):
         self.method_done = True  # waiting on nothing would spin forever
@@ -241,8 +249,11 @@ class Campaign:
     def prunes(self, trial_id: str) -> bool:
         """Whether the method may prune this trial at a report (a search trial of a method
         with its own ``on_report``): its worker then waits for each decision."""
-        return (self.requests[self._own(trial_id)].kind == S.SEARCH
-                and type(self.method).on_report is not Method.on_report)
+        return self.requests[self._own(trial_id)].kind == S.SEARCH and self._has_on_report
+
+    @property
+    def _has_on_report(self) -> bool:
+        return type(self.method).on_report is not Method.on_report
 
     def trial_started(self, trial_id: str) -> None:
         self.started.setdefault(self._own(trial_id), self.clock())
@@ -267,8 +278,8 @@ class Campaign:
             self.stopped_as[own] = S.OVER_BUDGET
             decision = Decision.STOP
         elif kind == S.SEARCH:
-            asked = True
-            if self._hook("on_report", own, report.step, metrics):
+            asked = True  # the default on_report prunes nothing: not called
+            if self._has_on_report and self._hook("on_report", own, report.step, metrics):
                 self.stopped_as[own] = S.PRUNED
                 decision = Decision.STOP
         self._log(Event.REPORT, trial=own, report=row, asked=asked)
@@ -304,7 +315,7 @@ class Campaign:
         row = {
             S.SUITE: self.suite, S.TASK: self.task.name, S.METHOD: self.label,
             S.PLUGIN: self.plugin, S.SEED: self.seed, S.TRIAL_ID: own, S.KIND: request.kind,
-            S.STATUS: status, S.CONFIG: json.dumps(request.hp, sort_keys=True),
+            S.STATUS: status, S.CONFIG: self.config_text[own],
             S.RETRAIN_OF: request.retrain_of,
             S.STARTED_S: started - self.clock0, S.ENDED_S: ended - self.clock0, S.WALL_S: wall,
             # charged in the budget's unit; CPU and GPU time are kept both, always
@@ -445,9 +456,9 @@ class Campaign:
 FAILED_PROCESS = "trial process failed"
 
 
-def _run_key(request: TrialRequest) -> str:
-    """What makes two tuning requests the same run (the seed is the campaign's)."""
-    return f"{request.kind} {json.dumps(request.hp, sort_keys=True)}"
+def _config_text(hp: dict[str, float]) -> str:
+    """A configuration as its record's text."""
+    return json.dumps(hp, sort_keys=True)
 
 
 class CampaignQueue:
