@@ -153,3 +153,46 @@ def test_runs_with_different_references_merge_against_the_first_ones(runs, tmp_p
             "`second` named `tpe`.") in text
     assert "Reference: grid." in text and "Reference: tpe" not in text
     capsys.readouterr()
+
+
+def _curvy_tasks(tasks: int) -> pd.DataFrame:
+    """Six search trials a task, each retrained, computes from 10 to 1M and accuracies a
+    few hundredths apart (tick labels such as "91.4" and "500k"), and a learned method."""
+    rows = []
+    for t in range(tasks):
+        base = dict.fromkeys(s.TRIAL_COLUMNS)
+        base.update({s.SUITE: "m", s.TASK: f"task{t:02d}", s.SEED: 0, s.STATUS: s.OK,
+                     s.TEST_NLL: 1.0})
+        for i in range(6):
+            cost, acc = 10.0 ** (1 + i), 0.92 + (0.0005 if t % 2 else 0.05) * i
+            rows += [{**base, s.METHOD: "grid", s.PLUGIN: "grid", s.TRIAL_ID: f"t{i}",
+                      s.KIND: s.SEARCH, s.VAL_NLL: 1.0 - i / 10, s.ENDED_S: 2.0 * i,
+                      s.RESOURCE_S: cost},
+                     {**base, s.METHOD: "grid", s.PLUGIN: "grid", s.TRIAL_ID: f"t{i}-retrain",
+                      s.KIND: s.RETRAIN, s.RETRAIN_OF: f"t{i}", s.ENDED_S: 2.0 * i + 1,
+                      s.RESOURCE_S: cost, s.TEST_ACC: min(acc, 1.0)}]
+            rows.append({**base, s.METHOD: "de-elbo", s.PLUGIN: "de-elbo", s.TRIAL_ID: f"l{i}",
+                         s.KIND: s.LEARNED, s.OBJECTIVE: -i, s.ENDED_S: 2.0 * i,
+                         s.RESOURCE_S: cost, s.TEST_ACC: min(acc, 1.0)})
+    return pd.DataFrame(rows, columns=list(s.TRIAL_COLUMNS))
+
+
+@pytest.mark.parametrize("tasks", [3, 7])  # one row per task; small multiples
+def test_no_two_panels_texts_meet(tasks, tmp_path, monkeypatch):
+    """The panels are laid out at fixed distances (``plots.GAPS``), not measured: each
+    panel's drawing (tick labels, axis labels, title) stays clear of every other's."""
+    from bench.analysis import plots
+    from bench.driver import forked
+
+    monkeypatch.setattr(forked, "default_jobs", lambda: 1)  # pages drawn here, looked at
+    figures, measure = [], plots.tight_bbox  # each page, as its files are saved
+    monkeypatch.setattr(plots, "tight_bbox", lambda fig: figures.append(fig) or measure(fig))
+    plot_tradeoff(_curvy_tasks(tasks), tmp_path / "tradeoff")
+    assert len(figures) == 1
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+        labels = [ax.get_yticklabels()[1].get_text() for ax in fig.axes]
+        assert any(len(label) >= 4 for label in labels), labels  # wide ticks drawn
+        assert not [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes)
+                    if i < j and a.overlaps(b)]

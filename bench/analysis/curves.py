@@ -20,7 +20,7 @@ from bench.contract.errors import BenchError
 from bench.contract.schema import (COMPUTE_S, ENDED_S, K, KIND, LEARNED, METHOD, OBJECTIVE, OK,
                                    RESOURCE_S, RETRAIN, RETRAIN_OF, SEARCH, SEED, STATUS, TASK,
                                    TEST_ACC, TEST_NLL, TRIAL_ID, VAL_NLL)
-from bench.records.tables import atomic_write
+from bench.records.tables import atomic_write, plain_strings
 
 CURVE_COLUMNS = [TASK, METHOD, SEED, K, COMPUTE_S, TEST_ACC, TEST_NLL, TRIAL_ID]
 # ``complete``: every seed has a point at this compute (only there is ``mean`` a mean over
@@ -50,14 +50,6 @@ def _key(value) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
-
-
-def _plain_strings(table: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as Python objects: a row read from an Arrow-backed column is boxed one
-    value at a time, which made reading a large run's rows most of the curves' time."""
-    text = {c: object for c in table.columns if pd.api.types.is_string_dtype(table[c])
-            and table[c].dtype != object}
-    return table.astype(text) if text else table
 
 
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +118,7 @@ def _campaign_runs(trials: pd.DataFrame):
     sort of the whole table (key first) orders each campaign as ``_ordered`` would, and
     its rows are read once (a campaign at a time through pandas cost most of the time)."""
     keys = [TASK, METHOD, SEED]
-    table = _plain_strings(trials[[c for c in _CURVE_INPUTS if c in trials]])
+    table = plain_strings(trials[[c for c in _CURVE_INPUTS if c in trials]])
     if table[keys].isna().to_numpy().any():  # a missing key: pandas' own groups
         for key, group in table.groupby(keys, sort=True, dropna=False):
             yield key, _ordered(group).to_dict("records")
@@ -365,7 +357,7 @@ def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500,
     _require(trials, _BASE + [VAL_NLL, RETRAIN_OF, TEST_ACC], "grid_bootstrap")
     if draws < 1:
         raise BenchError(f"grid_bootstrap: draws must be at least 1, got {draws}")
-    mine = _plain_strings(trials[trials[METHOD] == method])
+    mine = plain_strings(trials[trials[METHOD] == method])
     if mine.empty:
         raise BenchError(f"grid_bootstrap: no runs of method {method!r}")
     rows = []

@@ -39,6 +39,11 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#000080", "#9acd32", "#800000", "#ff1493", "#008080", "#daa520")  # 16 differ
 PANEL = (5.4, 3.7)  # inches per panel, one row per task
 GRID_PANEL = (3.6, 2.7)  # inches per panel of the small multiples (> MAX_COLUMNS tasks)
+# the space between panels, in inches (width, height): a panel's y tick labels; the x tick
+# labels and axis label of the one above, and the title of the one below. A little more
+# than what tight_layout finds, which measured every text (a drawing of the whole page).
+GAPS = {"rows": (0.55, 0.8), "grid": (0.5, 0.7)}
+MARGINS = (0.7, 0.3, 0.6, 0.4)  # left, right, bottom, top: cropped to the drawing anyway
 MAX_COLUMNS = 6
 PAGE_PANELS = 24
 BAND_LABEL = {"ci": f"{round(100 * CONFIDENCE)}% interval of the mean",
@@ -197,6 +202,20 @@ def _draw_task(ax, task: str, kind: str, c: dict, extras: dict, grid: bool) -> N
     _log_axis(ax)
 
 
+def _lay_out(fig: Figure, ncols: int, nrows: int, gaps: tuple[float, float]) -> None:
+    """Panels ``gaps`` inches apart. Fixed rather than tight_layout's: every panel has the
+    same size and fonts, so measuring each one's texts (a third drawing of the page, as
+    long as its PNG's) would find the same spaces; ``tests/test_merge.py`` checks that no
+    two panels' texts meet."""
+    width, height = fig.get_size_inches()
+    left, right, bottom, top = MARGINS
+    panel_w = (width - left - right - (ncols - 1) * gaps[0]) / ncols
+    panel_h = (height - bottom - top - (nrows - 1) * gaps[1]) / nrows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=gaps[0] / panel_w,
+                        hspace=gaps[1] / panel_h)
+
+
 def _page_size(panels: int, ncols: int) -> int:
     """Panels a page of small multiples holds: at most ``PAGE_PANELS``, the pages filled
     evenly in whole rows (29 tasks: 18 and 11, not 24 and 5), so that they are drawn side
@@ -292,8 +311,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
             if i % ncols == 0:
                 ax.set_ylabel("balanced test accuracy (%)", fontsize=7 if grid else 9)
         _legend(fig, colors, kinds, seeds, extras)
-        fig.tight_layout()
-        fig.set_layout_engine(None)  # laid out: else every savefig draws the figure twice
+        _lay_out(fig, ncols, nrows, GAPS["grid" if grid else "rows"])
         _caption(fig, reference, band, extras, size[0] * ncols)
 
         bbox = tight_bbox(fig)  # once for both files

@@ -15,6 +15,7 @@ scores). Runtimes are seconds on one A100: wall, resource and GPU seconds alike
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -26,7 +27,7 @@ import pandas as pd
 
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
-from bench.records.tables import frame
+from bench.records.tables import frame, rows_of
 
 METHOD = "recorded"
 #: what a published runtime measures; replays of these records say so in their metadata
@@ -120,9 +121,13 @@ def _published_runs(name: str) -> pd.DataFrame:
     tuned, retrained = _table(records, "tuned"), _table(records, "retrained")
     suite = PREFIX + records.name
     rows = []
-    for (task, seed), runs in tuned.groupby(["task", "random_state"], sort=True):
-        ended = runs["runtime"].cumsum()  # the file's order, one run after another
-        for run, end in zip(runs.to_dict("records"), ended):
+    # each (task, seed)'s runs in the file's order, one after another; its rows read at once
+    tuned = tuned.sort_values(["task", "random_state"], kind="stable")
+    for (task, seed), runs in itertools.groupby(rows_of(tuned),
+                                                key=lambda r: (r["task"], r["random_state"])):
+        end = 0.0
+        for run in runs:
+            end += run["runtime"]
             info = {"epoch_s": _number(run["epoch_s"])}
             if records.clml:
                 info["val_bma_acc"] = _number(run["val_bma_acc"])
@@ -133,7 +138,7 @@ def _published_runs(name: str) -> pd.DataFrame:
                          S.STARTED_S: end - run["runtime"], S.ENDED_S: end,
                          S.WALL_S: run["runtime"], S.RESOURCE_S: run["runtime"],
                          S.GPU_S: run["runtime"], S.INFO: json.dumps(info)})
-    for run in retrained.to_dict("records"):
+    for run in rows_of(retrained):
         info = ({"test_clml": _number(run["test_clml"]),
                  "test_bma_acc": _number(run["test_bma_acc"])} if records.clml else None)
         rows.append({S.SUITE: suite, S.TASK: run["task"], S.METHOD: METHOD,

@@ -18,7 +18,7 @@ from bench.contract import schema as S
 from bench.contract.space import Param
 from bench.records.learning_curves import LearningCurves
 from bench.records.published import PREFIX, config_key, published_runs
-from bench.records.tables import read_reports, read_trials
+from bench.records.tables import read_reports, read_trials, rows_of
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,10 @@ class Recorded:
     def __init__(self, trials: pd.DataFrame, reports: pd.DataFrame | None = None) -> None:
         ok = trials[(trials[S.STATUS] == S.OK) & trials[S.KIND].isin([S.SEARCH, S.RETRAIN])]
         self.curves = LearningCurves(reports)
-        # rows read once, text as Python objects (Arrow-backed text is boxed one value at
-        # a time: reading the published records' rows took most of a replay's loading)
-        text = {c: object for c in ok.columns if pd.api.types.is_string_dtype(ok[c])
-                and ok[c].dtype != object}
-        rows = ok.astype(text).to_dict("records")
-        keys = [config_key(json.loads(r[S.CONFIG])) for r in rows]
+        rows = rows_of(ok)  # read once
+        # each configuration's text made a key once: many runs share one
+        canonical = {c: config_key(json.loads(c)) for c in {r[S.CONFIG] for r in rows}}
+        keys = [canonical[r[S.CONFIG]] for r in rows]
         validated = [self.curves.validated(r) for r in rows]
         order = np.argsort(np.array(validated, dtype=bool), kind="stable")
         self.trials = ok.assign(_key=keys, _validated=validated).iloc[order]
@@ -58,10 +56,14 @@ class Recorded:
         for i in order:
             r = rows[i] | {"_key": keys[i], "_validated": validated[i]}
             self.runs[(r[S.TASK], int(r[S.SEED]), r[S.KIND], r["_key"])] = r
+        self._search: dict[str, list[tuple[int, dict]]] = {}  # task -> (seed, run), as runs
+        for (task, seed, kind, _), r in self.runs.items():
+            if kind == S.SEARCH:
+                self._search.setdefault(task, []).append((seed, r))
 
     def _search_runs(self, task: str, seeds=None) -> list[dict]:
-        return [r for (t, seed, kind, _), r in self.runs.items()
-                if t == task and kind == S.SEARCH and (seeds is None or seed in seeds)]
+        return [r for seed, r in self._search.get(task, ())
+                if seeds is None or seed in seeds]
 
     def steps(self, task: str) -> int | None:
         """A full search run's optimiser steps (None: not recorded)."""
@@ -87,8 +89,7 @@ class Recorded:
     def space(self, task: str) -> tuple[Param, ...]:
         """Each hyperparameter's recorded values (grid), over the task's search runs, in a
         live task's order: the learning rate first, then the regularizer's (by name)."""
-        runs = self.trials[(self.trials[S.TASK] == task) & (self.trials[S.KIND] == S.SEARCH)]
-        configs = [json.loads(c) for c in runs[S.CONFIG]]
+        configs = [json.loads(r[S.CONFIG]) for r in self._search_runs(task)]
         params = []
         for name in sorted({k for c in configs for k in c}, key=lambda k: (k != "lr", k)):
             values = sorted({float(c[name]) for c in configs if name in c}, reverse=True)
