@@ -239,10 +239,19 @@ def _replay(suite, args) -> int:
 
     out = Path(args.out or Path("runs") / suite.name)
     try:
-        run_replay(suite, out, progress=not args.quiet, jobs=getattr(args, "jobs", None))
+        run_replay(suite, out, progress=not args.quiet, jobs=getattr(args, "jobs", None),
+                   meanwhile=_import_summary)
     except Exception as err:  # noqa: BLE001 - a method's own hook raised: its bug
         return _method_bug(err)
     return _summarize(out)
+
+
+def _import_summary() -> None:
+    """What ``_summarize`` needs (matplotlib, scipy: a second or more), imported while a
+    replay's campaigns simulate in other processes rather than after."""
+    import bench.analysis.summary  # noqa: F401
+    import bench.analysis.plots  # noqa: F401
+    import bench.analysis.report  # noqa: F401
 
 
 def _summarize(out: Path) -> int:

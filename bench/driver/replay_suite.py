@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -58,12 +59,16 @@ def parse_replay_suite(text: str, origin: str = "replay suite") -> Suite:
 
 
 def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = "",
-               stages: dict | None = None, jobs: int | None = None) -> Path:
+               stages: dict | None = None, jobs: int | None = None,
+               meanwhile: Callable[[], None] | None = None) -> Path:
     """Replay ``suite`` into ``out`` (records, metadata), as ``bench.driver.run.run_suite`` runs a
     live one: the same metadata, progress lines and live tables. ``stages``, if given,
     receives the seconds spent loading the records, simulating and writing the tables.
     With one worker the campaigns are simulated each alone, in ``jobs`` processes (default:
-    the cores; ``bench.driver.replay_parallel``): the records do not depend on ``jobs``."""
+    the cores; ``bench.driver.replay_parallel``): the records do not depend on ``jobs``.
+    ``meanwhile`` is called once, when the first campaign's result is in, while other
+    processes simulate the rest (what comes after the replay, made ready on a core that
+    would wait)."""
     if not suite.replay:
         raise BenchError(NOT_REPLAY.format(origin=f"suite {suite.name!r}"))
     stages = {} if stages is None else stages
@@ -90,7 +95,8 @@ def run_replay(suite: Suite, out: Path, progress: bool = True, command: str = ""
         gc.freeze()
         try:
             if suite.budget.workers == 1:
-                rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs)
+                rows, reports, simulated_s = _one_worker(suite, recorded, out, progress, jobs,
+                                                         meanwhile)
             else:  # campaigns overlap on the shared pool: simulated together
                 clock = SimulatedClock()
                 view = RunView(suite, out, progress, every_s=LIVE_TABLE_S)
@@ -136,7 +142,8 @@ def _with_bo(trials: pd.DataFrame, suite: Suite) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | None):
+def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | None,
+                meanwhile: Callable[[], None] | None):
     """A one-worker replay, campaign by campaign (``replay_parallel``): one progress line
     per campaign, the trials table rewritten at most every ``LIVE_TABLE_S``."""
     lines = Progress(suite, progress)
@@ -144,7 +151,10 @@ def _one_worker(suite: Suite, recorded, out: Path, progress: bool, jobs: int | N
     written = time.perf_counter()
 
     def on_done(run, summary) -> None:
-        nonlocal written
+        nonlocal written, meanwhile
+        if meanwhile is not None:
+            meanwhile, call = None, meanwhile
+            call()
         rows.extend(run.rows)
         lines.done(summary)
         if time.perf_counter() - written >= LIVE_TABLE_S:
