@@ -147,3 +147,16 @@ def test_bench_replay_in_a_fresh_process_draws_and_reports_in_forked_ones(tmp_pa
     assert "## cifar10-resnet50-v1-N1000" in done.stdout
     for name in ("report.md", "tradeoff.png", "tradeoff.svg", S.TRIALS_FILE, S.REPORTS_FILE):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_meanwhile_is_called_once_in_the_driver_and_changes_nothing(runs, tmp_path):
+    """``bench replay`` imports what its report needs while the campaigns simulate
+    (``run_replay``'s ``meanwhile``): called once, in this process, records unchanged."""
+    import os
+
+    suite, dirs = runs
+    calls = []
+    out = run_replay(suite, tmp_path / "out", progress=False, jobs=2,
+                     meanwhile=lambda: calls.append(os.getpid()))
+    assert calls == [os.getpid()]
+    pd.testing.assert_frame_equal(read_trials(out), read_trials(dirs[1]))
