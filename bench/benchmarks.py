@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.contract import schema as S
+from bench.contract.protocol import DEFAULT_BACKEND
 from bench.records.tables import read_table
 from bench.training.train import TrainConfig, batch_stream, fine_tune
 from bench.zoo.regularizers import L2SP, Regularizer
@@ -195,7 +196,7 @@ def print_overhead(name: str, rows: list[dict]) -> None:
 
 
 def harness_benchmark(suite_path: str, workers: tuple[int, ...] = (1, 2),
-                      backend: str = "actors") -> list[dict]:
+                      backend: str = DEFAULT_BACKEND) -> list[dict]:
     """Run a suite once per pool size (1 CPU per worker) on ``backend`` and print
     ``overhead_shares``."""
     import dataclasses

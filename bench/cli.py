@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from bench.contract.errors import BenchError, one_line
+from bench.contract.protocol import BACKENDS, DEFAULT_BACKEND
 
 
 class _Parser(argparse.ArgumentParser):
@@ -210,7 +211,7 @@ def _cmd_run(args) -> int:
     stop_on_sigterm()  # SIGTERM (kill, a scheduler's stop) likewise: one line, exit 143
     try:
         run_suite(suite, out, address=args.address, progress=not args.quiet,
-                  resume=bool(args.resume), backend=args.backend or "actors")
+                  resume=bool(args.resume), backend=args.backend or DEFAULT_BACKEND)
     except Terminated:
         print(f"bench: terminated (SIGTERM); {again}", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -350,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray "
                         "started and stopped by the harness)")
-    p.add_argument("--backend", choices=["actors", "tune"], default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="how trials run on Ray: actors, a pool of long-lived workers that "
                         "keep their data and network between trials (default); tune, one "
                         "Ray Tune experiment (same records, more time between trials)")
@@ -477,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "replay in (default: a temporary one)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="harness: pool sizes to compare")
-    p.add_argument("--backend", choices=["actors", "tune"], default="actors",
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                    help="harness: how trials run on Ray, as bench run --backend")
     p.add_argument("--run-dir", default=None,
                    help="harness: analyse this finished run instead of running the suite")

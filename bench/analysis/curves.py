@@ -357,16 +357,13 @@ def grid_bootstrap(trials: pd.DataFrame, method: str = "grid", draws: int = 500,
     _require(trials, _BASE + [VAL_NLL, RETRAIN_OF, TEST_ACC], "grid_bootstrap")
     if draws < 1:
         raise BenchError(f"grid_bootstrap: draws must be at least 1, got {draws}")
-    mine = plain_strings(trials[trials[METHOD] == method])
+    mine = trials[trials[METHOD] == method]
     if mine.empty:
         raise BenchError(f"grid_bootstrap: no runs of method {method!r}")
     rows = []
-    mine = mine[[c for c in _CURVE_INPUTS if c in mine]]
-    mine = mine[mine[[TASK, SEED]].notna().all(axis=1)]  # as pandas' groups drop them
-    ordered = mine.sort_values([TASK, SEED, ENDED_S, TRIAL_ID], kind="stable")
-    for (task, s), group in itertools.groupby(ordered.to_dict("records"),
-                                              key=lambda r: (r[TASK], r[SEED])):
-        columns, complete = _bootstrap_candidates(list(group))
+    # each (task, seed)'s runs in completion order; a missing task or seed has no group
+    for (task, _, s), group in _campaign_runs(mine[mine[[TASK, SEED]].notna().all(axis=1)]):
+        columns, complete = _bootstrap_candidates(group)
         entropy = [seed, zlib.crc32(f"{task}\0{s}".encode())]
         for k, stats in enumerate(_bootstrap_seed(columns, draws, entropy), start=1):
             rows.append(dict(zip(BOOTSTRAP_COLUMNS, (task, method, s, k, *stats, complete))))

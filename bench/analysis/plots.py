@@ -238,8 +238,9 @@ def _page_size(panels: int, ncols: int) -> int:
     """Panels a page of small multiples holds: at most ``PAGE_PANELS``, the pages filled
     evenly in whole rows (29 tasks: 18 and 11, not 24 and 5), so that they are drawn side
     by side in about the same time."""
-    pages = -(-panels // PAGE_PANELS)
-    return -(-(-(-panels // pages)) // ncols) * ncols
+    pages = -(-panels // PAGE_PANELS)  # ceil
+    per_page = -(-panels // pages)
+    return -(-per_page // ncols) * ncols
 
 
 def page_paths(out_stem: Path, page: int) -> list[Path]:
@@ -267,8 +268,7 @@ def plot_tradeoff(trials: pd.DataFrame, out_stem: Path, *, reference: str | None
     """Per task, search and learned methods in separate panels, so methods are compared only
     under the same budget. Up to ``MAX_COLUMNS`` tasks: one row per task; more: small
     multiples, at most ``MAX_COLUMNS`` panels a row and ``PAGE_PANELS`` a page (pages
-    filled evenly, ``_page_size``), one figure
-    per page with its own legend. ``tasks``: an fnmatch pattern of the tasks to draw.
+    filled evenly, ``_page_size``), one figure per page with its own legend. ``tasks``: an fnmatch pattern of the tasks to draw.
     Writes ``out_stem``.png and .svg (more pages: ``out_stem``-2.png, ...); returns them."""
     if band not in BANDS:
         raise BenchError(f"plot: band must be one of {', '.join(BANDS)}, got {band!r}")

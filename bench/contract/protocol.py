@@ -17,6 +17,12 @@ from typing import Any
 
 from bench.contract import schema as S
 
+#: how a live run's trials run on Ray (``bench run --backend``), the default first: a pool of
+#: long-lived actors (``bench.driver.ray_pool``), or one Ray Tune experiment
+#: (``bench.driver.ray_runner``)
+BACKENDS = ("actors", "tune")
+DEFAULT_BACKEND = BACKENDS[0]
+
 PHASE = "phase"  # a result dict's tag: an epoch report or the final result
 EPOCH_PHASE, FINAL_PHASE = "epoch", "final"
 

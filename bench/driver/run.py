@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.contract import schema as S
 from bench.contract.errors import BenchError
+from bench.contract.protocol import BACKENDS, DEFAULT_BACKEND
 from bench.driver import ray_processes
 from bench.driver.preflight import check_tasks
 from bench.driver.campaign import CampaignQueue, without_cut_short
@@ -165,12 +166,9 @@ def check_resumable(out: Path, suite: Suite) -> tuple[list[dict], int, dict]:
     return events, good, metadata
 
 
-BACKENDS = ("actors", "tune")
-
-
 def run_suite(suite: Suite, out: Path, address: str | None = None,
               progress: bool = True, command: str = "", resume: bool = False,
-              backend: str = "actors") -> Path:
+              backend: str = DEFAULT_BACKEND) -> Path:
     """Run ``suite`` into ``out``; return ``out``. Nothing is written before every check.
     With ``resume``, go on with the run a killed driver left in ``out``: its journal's
     finished trials are kept (and their compute counted), trials it left running run again.
